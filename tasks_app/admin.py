@@ -1,0 +1,186 @@
+"""The admin: a window on the same domain methods the API uses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from tasks_app import handlers
+from tasks_app.lifecycle import Actor, InvalidTransition
+from tasks_app.models import Run, RunEvent, RunLog, Task
+from tasks_app.querysets import RunRequest
+
+
+class TaskForm(forms.ModelForm):
+    # Only registered handlers can be picked: a handler is code, never text from a form.
+    handler = forms.ChoiceField(choices=())
+
+    class Meta:
+        model = Task
+        fields = [
+            "name",
+            "handler",
+            "description",
+            "args",
+            "kwargs",
+            "queue",
+            "priority",
+            "max_retries",
+            "retry_backoff",
+            "retry_backoff_max",
+            "retry_jitter",
+            "soft_time_limit",
+            "time_limit",
+            "concurrency_policy",
+            "enabled",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["handler"].choices = [(h.name, h.name) for h in handlers.all_handlers()]
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    form = TaskForm
+    list_display = ["name", "handler", "queue", "priority", "max_retries", "enabled", "updated_at"]
+    list_filter = ["enabled", "handler", "queue", "concurrency_policy"]
+    search_fields = ["name", "description"]
+    actions = ["run_now"]
+
+    @admin.action(description="Run now", permissions=["change"])
+    def run_now(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        tasks = [task for task in queryset if task.enabled]
+        if not tasks:
+            self.message_user(request, "No enabled task was selected.", messages.WARNING)
+            return
+        runs = Run.objects.submit_many(
+            [RunRequest(task=task, trigger="manual") for task in tasks],
+            by=request.user.get_username(),
+        )
+        self.message_user(request, f"Submitted {len(runs)} run(s): {', '.join(str(r.pk) for r in runs)}.")
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class RunEventInline(ReadOnlyInline):
+    model = RunEvent
+    fields = ["at", "from_state", "to_state", "reason", "actor", "actor_name"]
+    readonly_fields = fields
+
+
+class RunLogInline(ReadOnlyInline):
+    model = RunLog
+    fields = ["at", "level", "message"]
+    readonly_fields = fields
+
+
+def _control(method: str, description: str) -> Callable[..., None]:
+    def act(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        done, refused = 0, []
+        for run in queryset.select_related("task"):
+            try:
+                getattr(run, method)(by=request.user.get_username(), actor=Actor.USER)
+                done += 1
+            except InvalidTransition as exc:
+                refused.append(str(exc))
+        if done:
+            modeladmin.message_user(request, f"{description}: {done} run(s).")
+        for reason in refused[:10]:
+            modeladmin.message_user(request, reason, messages.WARNING)
+
+    act.__name__ = method
+    return admin.action(description=f"{description} selected runs", permissions=["change"])(act)
+
+
+def _pretty(value: Any) -> str:
+    if value is None:
+        return "-"
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2))
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "task",
+        "state",
+        "trigger",
+        "attempt",
+        "created_at",
+        "started_at",
+        "duration_s",
+        "worker",
+    ]
+    list_filter = ["state", "trigger", "task", "created_at"]
+    date_hierarchy = "created_at"
+    search_fields = ["=id", "task__name", "idempotency_key"]
+    list_select_related = ["task"]
+    inlines = [RunEventInline, RunLogInline]
+    actions = [
+        _control("cancel", "Cancel"),
+        _control("pause", "Pause"),
+        _control("resume", "Resume"),
+        _control("retry", "Retry"),
+    ]
+    readonly_fields = [
+        "task",
+        "state",
+        "trigger",
+        "args",
+        "kwargs",
+        "priority",
+        "attempt",
+        "retries",
+        "dispatches",
+        "idempotency_key",
+        "scheduled_for",
+        "step",
+        "due_at",
+        "worker",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "result_pretty",
+        "error_pretty",
+        "progress",
+        "checkpoint",
+    ]
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # runs are submitted (the task's "Run now" action, or the API)
+
+    def save_model(self, request: HttpRequest, obj: Run, form: Any, change: bool) -> None:
+        # Every field is read-only; a save() would write stale columns over a worker's update.
+        pass
+
+    @admin.display(description="duration (s)")
+    def duration_s(self, run: Run) -> str:
+        return f"{run.duration.total_seconds():.3f}" if run.duration else "-"
+
+    @admin.display(description="result")
+    def result_pretty(self, run: Run) -> str:
+        return _pretty(run.result)
+
+    @admin.display(description="error")
+    def error_pretty(self, run: Run) -> str:
+        return _pretty(run.error)

@@ -1,0 +1,34 @@
+"""API errors: domain exceptions become 409s, an unreachable database a 503."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import InterfaceError, OperationalError
+from rest_framework import status
+from rest_framework.exceptions import APIException
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from tasks_app.lifecycle import InvalidTransition
+from tasks_app.querysets import IdempotencyConflict
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state."
+    default_code = "conflict"
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, InvalidTransition):
+        return Response({"detail": str(exc), "state": exc.current}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, IdempotencyConflict):
+        return Response({"detail": str(exc), "run": exc.run.pk}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return Response(
+            {"detail": "The database is unreachable; try again shortly."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+    return drf_exception_handler(exc, context)

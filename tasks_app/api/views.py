@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from tasks_app import handlers
+from tasks_app.api.errors import Conflict
+from tasks_app.api.filters import RunFilter
+from tasks_app.api.pagination import OldestFirstCursorPagination
+from tasks_app.api.serializers import (
+    BulkSubmitSerializer,
+    HandlerSerializer,
+    RunEventSerializer,
+    RunLogSerializer,
+    RunSerializer,
+    RunSubmitSerializer,
+    TaskSerializer,
+    request_of,
+)
+from tasks_app.models import Run, Task
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def actor_name(request: Request) -> str:
+    return request.user.get_username()
+
+
+class HandlerViewSet(viewsets.ViewSet):
+    """Registered handlers: what tasks can use. Read-only; handlers are code."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = HandlerSerializer
+
+    @extend_schema(
+        responses=inline_serializer(
+            "HandlerList",
+            {
+                "results": HandlerSerializer(many=True),
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+            },
+        )
+    )
+    def list(self, request: Request) -> Response:
+        data = HandlerSerializer(handlers.all_handlers(), many=True).data
+        return Response({"results": data, "next": None, "previous": None})
+
+
+class TaskViewSet(viewsets.ModelViewSet):
+    queryset = Task.objects.all()
+    serializer_class = TaskSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_destroy(self, instance: Task) -> None:
+        active = instance.runs.active().count()
+        if active:
+            raise Conflict(f"Task {instance.name!r} has {active} unfinished run(s); cancel them first.")
+        instance.delete()
+
+
+def _ensure_enabled(task: Task, where: str = "") -> None:
+    if not task.enabled:
+        raise Conflict(f"{where}Task {task.name!r} is disabled.")
+
+
+class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = RunSerializer
+    queryset = Run.objects.all()
+    filterset_class = RunFilter
+    change_actions = ("cancel", "pause", "resume", "retry")
+
+    def get_queryset(self) -> Any:
+        return Run.objects.select_related("task")
+
+    @extend_schema(
+        request=RunSubmitSerializer,
+        responses={201: RunSerializer, 200: RunSerializer},
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="The same key for the same task returns the first run.",
+            )
+        ],
+    )
+    def create(self, request: Request) -> Response:
+        key = request.headers.get(IDEMPOTENCY_HEADER) or None
+        if key is not None and len(key) > 255:
+            raise ValidationError({IDEMPOTENCY_HEADER: "At most 255 characters."})
+        submit = RunSubmitSerializer(data=request.data)
+        submit.is_valid(raise_exception=True)
+        _ensure_enabled(submit.validated_data["task"])
+        run, created = Run.objects.submit(submit.to_request(key), by=actor_name(request))
+        return Response(
+            RunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+    @extend_schema(request=BulkSubmitSerializer, responses={201: RunSerializer(many=True)})
+    @action(detail=False, methods=["post"])
+    def bulk(self, request: Request) -> Response:
+        submit = BulkSubmitSerializer(data=request.data)
+        submit.is_valid(raise_exception=True)
+        items = submit.validated_data["runs"]
+        for index, item in enumerate(items):
+            _ensure_enabled(item["task"], where=f"runs[{index}]: ")
+        runs = Run.objects.submit_many([request_of(item) for item in items], by=actor_name(request))
+        return Response(RunSerializer(runs, many=True).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=RunEventSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=OldestFirstCursorPagination)
+    def events(self, request: Request, pk: str) -> Response:
+        return self._page_of(self.get_object().events.all(), RunEventSerializer)
+
+    @extend_schema(responses=RunLogSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=OldestFirstCursorPagination)
+    def logs(self, request: Request, pk: str) -> Response:
+        return self._page_of(self.get_object().logs.all(), RunLogSerializer)
+
+    def _page_of(self, queryset: Any, serializer_class: type[serializers.Serializer]) -> Response:
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(serializer_class(page, many=True).data)
+
+    def _control(self, request: Request, method: str) -> Response:
+        run = self.get_object()
+        getattr(run, method)(by=actor_name(request))
+        run.refresh_from_db()
+        return Response(RunSerializer(run).data)
+
+    @extend_schema(request=None, responses=RunSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        return self._control(request, "cancel")
+
+    @extend_schema(request=None, responses=RunSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str) -> Response:
+        return self._control(request, "pause")
+
+    @extend_schema(request=None, responses=RunSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str) -> Response:
+        return self._control(request, "resume")
+
+    @extend_schema(request=None, responses=RunSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str) -> Response:
+        return self._control(request, "retry")

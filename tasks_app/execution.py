@@ -1,0 +1,129 @@
+"""The Celery side: one Celery task per registered handler, each a thin entry point.
+
+A message carries only `(run_id, message_number)`. The worker re-reads the run,
+claims it (pending -> running, only for the run's latest message), calls the
+handler with a context, and records the outcome through the Run's methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import Any
+
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery import Task as CeleryTask
+from celery import shared_task
+from celery.signals import task_prerun
+from django.conf import settings
+from django.db import close_old_connections
+
+from tasks_app import handlers
+from tasks_app.handlers import RunContext, RunInterrupted
+from tasks_app.lifecycle import InvalidTransition
+
+logger = logging.getLogger(__name__)
+
+_celery_tasks: dict[str, CeleryTask] = {}
+
+
+class ResultTooLarge(ValueError):
+    pass
+
+
+class RunTask(CeleryTask):
+    """Base of every handler's Celery task."""
+
+    typing = False  # the message's arguments are ours, not the handler's signature
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # Celery calls this in the worker's main process when the hard time limit
+        # killed the pool process: the run can no longer record that itself.
+        if isinstance(exc, TimeLimitExceeded):
+            error = error_of(exc, einfo=str(einfo))
+            error["message"] = f"hard time limit ({exc.args[0] if exc.args else '?'}s) exceeded"
+            close_old_connections()
+            record_hard_timeout(*args[:2], error=error)
+
+
+@task_prerun.connect
+def _drop_broken_connections(**kwargs: Any) -> None:
+    # Celery's per-task close of every connection is off (CELERY_DB_REUSE_MAX): close
+    # only a connection that broke or outlived CONN_MAX_AGE.
+    close_old_connections()
+
+
+def celery_task_for(handler_name: str) -> CeleryTask:
+    """The Celery task executing runs of `handler_name`, created once."""
+    if handler_name not in _celery_tasks:
+
+        def entry(self: CeleryTask, run_id: int, dispatch: int) -> None:
+            execute(run_id, dispatch, hostname=self.request.hostname or "")
+
+        entry.__name__ = entry.__qualname__ = handler_name.replace(".", "_")
+        _celery_tasks[handler_name] = shared_task(name=handler_name, base=RunTask, bind=True)(entry)
+    return _celery_tasks[handler_name]
+
+
+def error_of(exc: BaseException, *, einfo: str | None = None) -> dict[str, str]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "traceback": (einfo or "".join(traceback.format_exception(exc)))[-20000:],
+    }
+
+
+def encode_result(value: Any) -> Any:
+    """The handler's return value as stored JSON; refuses what is not JSON or too large."""
+    text = json.dumps(value, allow_nan=False)
+    if len(text.encode()) > settings.RUN_RESULT_MAX_BYTES:
+        raise ResultTooLarge(
+            f"result is {len(text.encode())} bytes, over RUN_RESULT_MAX_BYTES={settings.RUN_RESULT_MAX_BYTES}"
+        )
+    return json.loads(text)
+
+
+def execute(run_id: int, dispatch: int, *, hostname: str) -> None:
+    from tasks_app.models import Run
+
+    run = Run.objects.select_related("task").filter(pk=run_id).first()
+    if run is None:
+        logger.warning("run %s no longer exists; message %s.%s dropped", run_id, run_id, dispatch)
+        return
+    try:
+        run.claim(dispatch, hostname)
+    except InvalidTransition as exc:
+        logger.info("message %s.%s not executed: %s", run_id, dispatch, exc)
+        return
+    try:
+        handler = handlers.get(run.task.handler)
+        outcome = encode_result(handler.func(RunContext(run, handler), *run.args, **run.kwargs))
+    except RunInterrupted as exc:
+        logger.info("run %s stopped: it was %s meanwhile", run_id, exc.state)
+        return
+    except SoftTimeLimitExceeded as exc:
+        error = error_of(exc)
+        error["message"] = f"soft time limit ({run.task.soft_time_limit}s) exceeded"
+        _record(run.fail, error, reason="timeout", hostname=hostname)
+    except Exception as exc:
+        _record(run.fail_or_retry, error_of(exc), hostname=hostname)
+    else:
+        _record(run.complete, outcome, hostname=hostname)
+
+
+def _record(method: Any, *args: Any, **kwargs: Any) -> None:
+    # The run may have been cancelled or paused while the handler ran: the state table
+    # then refuses the outcome, and the operator's decision stands.
+    try:
+        method(*args, **kwargs)
+    except InvalidTransition as exc:
+        logger.info("outcome not recorded: %s", exc)
+
+
+def record_hard_timeout(run_id: int, dispatch: int, *, error: dict[str, str]) -> None:
+    from tasks_app.models import Run
+
+    run = Run.objects.filter(pk=run_id, dispatches=dispatch).first()
+    if run is not None:
+        _record(run.fail, error, reason="timeout")

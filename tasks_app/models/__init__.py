@@ -1,0 +1,6 @@
+from __future__ import annotations
+
+from tasks_app.models.runs import Run, RunEvent, RunLog
+from tasks_app.models.tasks import ConcurrencyPolicy, Task
+
+__all__ = ["ConcurrencyPolicy", "Run", "RunEvent", "RunLog", "Task"]

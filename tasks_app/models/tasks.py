@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import random
+
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+PRIORITY_MAX = 9
+
+name_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+    "Use letters, digits and . _ : - (starting with a letter or digit).",
+)
+
+
+class ConcurrencyPolicy(models.TextChoices):
+    ALLOW = "allow", "runs may overlap"
+    FORBID = "forbid", "a new run while one is active is skipped"
+    REPLACE = "replace", "the active run is cancelled, the new one starts"
+    QUEUE = "queue", "the new run waits until the active one ends"
+
+
+class Task(models.Model):
+    """A named, configured use of a registered handler."""
+
+    name = models.CharField(max_length=200, unique=True, validators=[name_validator])
+    handler = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=100, default="default", validators=[name_validator])
+    priority = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[MaxValueValidator(PRIORITY_MAX)],
+        help_text="0 (lowest) to 9 (served first).",
+    )
+    max_retries = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(100)])
+    retry_backoff = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0)],
+        help_text="Delay before the first retry, in seconds; doubles on each retry.",
+    )
+    retry_backoff_max = models.FloatField(default=600.0, validators=[MinValueValidator(0)])
+    retry_jitter = models.BooleanField(
+        default=True, help_text="Draw each delay at random between half and all of it."
+    )
+    soft_time_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Seconds."
+    )
+    time_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Seconds."
+    )
+    concurrency_policy = models.CharField(
+        max_length=10, choices=ConcurrencyPolicy.choices, default=ConcurrencyPolicy.ALLOW
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(priority__lte=PRIORITY_MAX), name="task_priority_in_range"),
+            models.CheckConstraint(
+                condition=Q(retry_backoff__gte=0) & Q(retry_backoff_max__gte=0),
+                name="task_backoff_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def retry_delay(self, retries_done: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number `retries_done + 1`: exponential, capped, jittered."""
+        delay = min(self.retry_backoff_max, self.retry_backoff * 2**retries_done)
+        if self.retry_jitter:
+            # "Equal jitter": spreads retries of many runs apart while still growing.
+            delay = (rng or random).uniform(delay / 2, delay)
+        return delay

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.apps import apps
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from tasks_app import dispatch
+from tasks_app.lifecycle import ACTIVE_STATES, Actor, RunState, Trigger
+
+if TYPE_CHECKING:
+    from tasks_app.models import Run, Task
+
+S = RunState
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before for this task with a different request."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        super().__init__(
+            f"idempotency key {run.idempotency_key!r} was used for run {run.pk} with a different request"
+        )
+
+
+@dataclass
+class RunRequest:
+    """What a submission asks for; None means the task's default."""
+
+    task: Task
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int | None = None
+    run_at: dt.datetime | None = None
+    idempotency_key: str | None = None
+    trigger: str = Trigger.API
+    scheduled_for: dt.datetime | None = None
+
+    def fingerprint(self) -> str:
+        body = {
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "priority": self.priority,
+            "run_at": self.run_at.isoformat() if self.run_at else None,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class RunQuerySet(models.QuerySet):
+    def active(self) -> RunQuerySet:
+        return self.filter(state__in=ACTIVE_STATES)
+
+    def submit(self, request: RunRequest, *, by: str = "") -> tuple[Run, bool]:
+        """Create one run; returns (run, created). An idempotency key seen before for the
+        task returns the first run, or raises IdempotencyConflict if the request differs."""
+        key = request.idempotency_key
+        if key:
+            existing = self.filter(task=request.task, idempotency_key=key).first()
+            if existing is not None:
+                return self._same_request(existing, request), False
+            try:
+                with transaction.atomic():
+                    return self.submit_many([request], by=by)[0], True
+            except IntegrityError:
+                # Another request with the same key committed first.
+                existing = self.get(task=request.task, idempotency_key=key)
+                return self._same_request(existing, request), False
+        return self.submit_many([request], by=by)[0], True
+
+    @staticmethod
+    def _same_request(existing: Run, request: RunRequest) -> Run:
+        if existing.request_fingerprint != request.fingerprint():
+            raise IdempotencyConflict(existing)
+        return existing
+
+    def submit_many(self, requests: list[RunRequest], *, by: str = "") -> list[Run]:
+        """Create runs in one transaction; those due now are published after commit.
+
+        A run due now is recorded as created and moved to pending in the same
+        transaction (two events); one with a later run_at stays created until
+        `dispatch_due()` sends it.
+        """
+        Run = self.model
+        RunEvent = apps.get_model("tasks_app", "RunEvent")
+        now = timezone.now()
+        actor = Actor.SCHEDULE if requests and requests[0].trigger == Trigger.SCHEDULE else Actor.USER
+        runs = []
+        for request in requests:
+            task = request.task
+            later = request.run_at is not None and request.run_at > now
+            runs.append(
+                Run(
+                    task=task,
+                    state=S.CREATED if later else S.PENDING,
+                    trigger=request.trigger,
+                    args=list(task.args) if request.args is None else request.args,
+                    kwargs={**task.kwargs, **request.kwargs},
+                    priority=task.priority if request.priority is None else request.priority,
+                    idempotency_key=request.idempotency_key or None,
+                    request_fingerprint=request.fingerprint() if request.idempotency_key else "",
+                    scheduled_for=request.scheduled_for,
+                    due_at=request.run_at if later else None,
+                    dispatches=0 if later else 1,
+                    created_at=now,
+                )
+            )
+        with transaction.atomic():
+            Run.objects.bulk_create(runs)
+            events = []
+            for run in runs:
+                events.append(
+                    RunEvent(
+                        run=run,
+                        from_state="",
+                        to_state=S.CREATED,
+                        at=now,
+                        reason="submitted",
+                        actor=actor,
+                        actor_name=by,
+                    )
+                )
+                if run.state == S.PENDING:
+                    events.append(
+                        RunEvent(
+                            run=run,
+                            from_state=S.CREATED,
+                            to_state=S.PENDING,
+                            at=now,
+                            reason="sent to the broker",
+                            actor=Actor.SYSTEM,
+                        )
+                    )
+            RunEvent.objects.bulk_create(events)
+            due = [run for run in runs if run.state == S.PENDING]
+            transaction.on_commit(lambda: dispatch.publish(due))
+        return runs
+
+    def dispatch_due(self, now: dt.datetime | None = None, limit: int = 500) -> int:
+        """Send created and retrying runs whose time has come; returns how many.
+
+        Rows are claimed with SELECT ... FOR UPDATE SKIP LOCKED, so several beat
+        processes can run this at once without sending a run twice.
+        """
+        RunEvent = apps.get_model("tasks_app", "RunEvent")
+        now = now or timezone.now()
+        with transaction.atomic():
+            due = list(
+                self.select_for_update(skip_locked=True)
+                .filter(state__in=[S.CREATED, S.RETRYING], due_at__lte=now)
+                .order_by("due_at")
+                .values_list("pk", "state")[:limit]
+            )
+            if not due:
+                return 0
+            for source in {state for _pk, state in due}:
+                self.filter(pk__in=[pk for pk, state in due if state == source], state=source).update(
+                    state=S.PENDING, dispatches=F("dispatches") + 1, due_at=None
+                )
+            RunEvent.objects.bulk_create(
+                RunEvent(
+                    run_id=pk,
+                    from_state=state,
+                    to_state=S.PENDING,
+                    at=now,
+                    reason="due: sent to the broker",
+                    actor=Actor.SYSTEM,
+                )
+                for pk, state in due
+            )
+            runs = list(self.select_related("task").filter(pk__in=[pk for pk, _state in due]))
+            transaction.on_commit(lambda: dispatch.publish(runs))
+        return len(runs)

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import Permission, User
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tasks_app.lifecycle import TERMINAL_STATES, RunState
+from tasks_app.models import Run, Task
+
+# Handlers used only by the tests.
+from tests import handlers as _test_handlers  # noqa: F401
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if engine != "django.db.backends.mysql":
+        pytest.exit(
+            f"the tests run against MariaDB, not {engine}: use scripts/test, or set "
+            "DATABASE_URL=mysql://root@127.0.0.1:3306/test and REDIS_URL=redis://127.0.0.1:6379/15",
+            returncode=2,
+        )
+
+
+@pytest.fixture
+def broker() -> redis.Redis:
+    """The test Redis database, emptied before and after the test."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def queued_messages(client: redis.Redis, queue: str = "default") -> list[dict[str, Any]]:
+    """Messages waiting in `queue` (all its priority lists), oldest first."""
+    messages = []
+    for key in sorted(client.keys(f"{queue}*")):
+        if client.type(key) == b"list":
+            messages.extend(json.loads(raw) for raw in reversed(client.lrange(key, 0, -1)))
+    return messages
+
+
+def queued_ids(client: redis.Redis, queue: str = "default") -> list[str]:
+    return [message["headers"]["id"] for message in queued_messages(client, queue)]
+
+
+@pytest.fixture
+def make_task(db: Any) -> Callable[..., Task]:
+    counter = iter(range(1, 10_000))
+
+    def make(**fields: Any) -> Task:
+        fields.setdefault("name", f"task-{next(counter)}")
+        fields.setdefault("handler", "builtin.noop")
+        return Task.objects.create(**fields)
+
+    return make
+
+
+@pytest.fixture
+def task(make_task: Callable[..., Task]) -> Task:
+    return make_task(name="noop")
+
+
+@pytest.fixture
+def make_run(db: Any) -> Callable[..., Run]:
+    """A run placed directly in `state`: a fixture, not a move (moves are under test)."""
+
+    def make(task: Task, state: RunState = RunState.CREATED, **fields: Any) -> Run:
+        if state in TERMINAL_STATES:
+            fields.setdefault("finished_at", timezone.now())
+        fields.setdefault("dispatches", 0 if state == RunState.CREATED else 1)
+        return Run.objects.create(task=task, state=state, **fields)
+
+    return make
+
+
+def _user(username: str, *perms: str) -> User:
+    user = User.objects.create_user(username=username, password="pw-" + username)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    return user
+
+
+def _client(user: User | None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        token = Token.objects.create(user=user)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def owner(db: Any) -> User:
+    return _user("owner", "add_task", "change_task", "delete_task", "add_run", "change_run", "delete_run")
+
+
+@pytest.fixture
+def api(owner: User) -> APIClient:
+    """Signed in with every permission on tasks and runs."""
+    return _client(owner)
+
+
+@pytest.fixture
+def reader(db: Any) -> APIClient:
+    """Another user: signed in, without any model permission."""
+    return _client(_user("reader"))
+
+
+@pytest.fixture
+def anonymous(db: Any) -> APIClient:
+    return _client(None)
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 30, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -1,0 +1,197 @@
+"""The worker's entry point, called directly (no worker process): outcomes and their records."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import time_machine
+from django.utils import timezone
+
+from tasks_app.execution import execute, record_hard_timeout
+from tasks_app.lifecycle import RunState
+from tasks_app.models import Run, RunLog
+
+S = RunState
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def states(run: Run) -> list[tuple[str, str]]:
+    return list(run.events.values_list("from_state", "to_state"))
+
+
+def test_noop_run_completes_with_its_result(make_task, make_run) -> None:
+    task = make_task(kwargs={"a": 1})
+    run = make_run(task, S.PENDING, kwargs={"a": 1, "b": 2})
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.COMPLETED
+    assert run.result == {"kwargs": {"a": 1, "b": 2}, "upstream": {}}
+    assert (run.attempt, run.worker) == (1, "w1")
+    assert run.started_at <= run.finished_at
+    assert states(run) == [(S.PENDING, S.RUNNING), (S.RUNNING, S.COMPLETED)]
+
+
+def test_failure_without_retries_left_fails_with_the_exception(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.explode"), S.PENDING, kwargs={"message": "no disk"})
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.FAILED
+    assert run.error["type"] == "ValueError"
+    assert run.error["message"] == "no disk"
+    assert "raise ValueError(message)" in run.error["traceback"]
+    assert run.events.last().reason == "ValueError after 1 attempt"
+
+
+@time_machine.travel(NOW, tick=False)
+def test_failure_with_retries_left_waits_out_the_backoff(make_task, make_run) -> None:
+    task = make_task(handler="tests.explode", max_retries=3, retry_backoff=5, retry_jitter=False)
+    run = make_run(task, S.PENDING, retries=1)
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.RETRYING
+    assert run.retries == 2
+    assert run.due_at == NOW + dt.timedelta(seconds=10)  # 5 s doubled once
+    assert run.error["type"] == "ValueError"
+    assert run.events.last().reason == "ValueError; retry 2 of 3 in 10.000s"
+
+
+def test_soft_time_limit_fails_with_reason_timeout(make_task, make_run) -> None:
+    task = make_task(handler="tests.soft_timeout", soft_time_limit=3, max_retries=5)
+    run = make_run(task, S.PENDING)
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.FAILED  # no retry after a timeout
+    assert run.error["type"] == "SoftTimeLimitExceeded"
+    assert run.error["message"] == "soft time limit (3s) exceeded"
+    assert run.events.last().reason == "timeout"
+
+
+def test_hard_time_limit_recorded_from_the_main_process(make_task, make_run) -> None:
+    run = make_run(make_task(time_limit=2), S.RUNNING)
+
+    record_hard_timeout(run.pk, 1, error={"type": "TimeLimitExceeded", "message": "m", "traceback": ""})
+
+    run.refresh_from_db()
+    assert run.state == S.FAILED
+    assert run.events.last().reason == "timeout"
+
+
+def test_hard_time_limit_of_an_older_message_changes_nothing(make_task, make_run) -> None:
+    run = make_run(make_task(time_limit=2), S.RUNNING, dispatches=2)
+
+    record_hard_timeout(run.pk, 1, error={"type": "TimeLimitExceeded", "message": "m", "traceback": ""})
+
+    assert Run.objects.get(pk=run.pk).state == S.RUNNING
+
+
+def test_result_that_is_not_json_fails_the_run(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.not_json"), S.PENDING)
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert (run.state, run.error["type"]) == (S.FAILED, "TypeError")
+
+
+def test_result_over_the_size_limit_fails_the_run(make_task, make_run, settings) -> None:
+    settings.RUN_RESULT_MAX_BYTES = 100
+    run = make_run(make_task(handler="tests.echo_big"), S.PENDING, kwargs={"size": 200})
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.FAILED
+    assert run.error["type"] == "ResultTooLarge"
+    assert "RUN_RESULT_MAX_BYTES=100" in run.error["message"]
+
+
+def test_stale_message_runs_nothing(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.explode"), S.PENDING, dispatches=3)
+
+    execute(run.pk, 2, hostname="w1")
+
+    run.refresh_from_db()
+    assert (run.state, run.attempt) == (S.PENDING, 0)
+    assert not run.events.exists()
+
+
+@pytest.mark.parametrize("state", [S.COMPLETED, S.RUNNING, S.CANCELLED, S.PAUSED])
+def test_redelivered_message_never_reruns_the_run(make_task, make_run, state) -> None:
+    run = make_run(make_task(handler="tests.explode"), state)
+
+    execute(run.pk, 1, hostname="w2")
+
+    assert Run.objects.get(pk=run.pk).state == state
+    assert not run.events.exists()
+
+
+def test_message_for_a_deleted_run_is_dropped(make_task) -> None:
+    execute(987654, 1, hostname="w1")  # must not raise
+    assert not Run.objects.exists()
+
+
+def test_handler_logs_and_progress_are_kept_with_the_run(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.chatty"), S.PENDING)
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.COMPLETED
+    assert run.progress == {"fraction": 0.5, "message": "half way"}
+    assert list(RunLog.objects.filter(run=run).values_list("level", "message")) == [
+        ("INFO", "hello world"),
+        ("WARNING", "careful"),
+    ]
+
+
+def test_outcome_of_a_run_cancelled_meanwhile_is_discarded(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.cancelled_meanwhile"), S.PENDING)
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.CANCELLED
+    assert run.result is None
+
+
+def test_checkpoint_after_cancel_stops_the_handler(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.checkpoint_after_cancel"), S.PENDING)
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.CANCELLED
+    assert run.checkpoint is None  # not kept for a cancelled run
+    assert run.result is None
+
+
+def test_paused_sleep_keeps_its_checkpoint_and_resumes_from_it(make_task, make_run) -> None:
+    task = make_task(handler="builtin.sleep")
+    run = make_run(task, S.PAUSED, checkpoint={"remaining": 0.0}, kwargs={"seconds": 30})
+
+    run.resume(by="op")
+    run.refresh_from_db()
+    execute(run.pk, run.dispatches, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.state == S.COMPLETED  # the 30 s were already slept: nothing left
+    assert run.result == {"slept": 30.0}
+    assert RunLog.objects.get(run=run).message == "resuming with 0.0s of 30.0s left"
+
+
+def test_timestamps_come_from_the_clock(make_task, make_run) -> None:
+    run = make_run(make_task(), S.PENDING)
+    with time_machine.travel(NOW, tick=False):
+        execute(run.pk, 1, hostname="w1")
+    run.refresh_from_db()
+    assert run.started_at == run.finished_at == NOW
+    assert timezone.is_aware(run.started_at)
