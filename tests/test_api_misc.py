@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError
+
+from tasks_app.api.errors import exception_handler
+from tasks_app.lifecycle import RunState
+
+
+def test_handlers_lists_the_registered_ones_with_docstrings(reader) -> None:
+    response = reader.get("/api/v1/handlers/")
+
+    assert response.status_code == 200
+    by_name = {h["name"]: h for h in response.data["results"]}
+    assert {"builtin.noop", "builtin.sleep", "builtin.http", "builtin.flaky"} <= set(by_name)
+    assert "checkpoint" in by_name["builtin.sleep"]["description"]
+    assert by_name["builtin.sleep"]["pausable"] is True
+    assert by_name["builtin.noop"]["pausable"] is False
+    assert response.data["next"] is None
+
+
+def test_handlers_need_a_signed_in_user(anonymous) -> None:
+    assert anonymous.get("/api/v1/handlers/").status_code == 401
+
+
+def test_handlers_cannot_be_written(api) -> None:
+    assert api.post("/api/v1/handlers/", {"name": "evil"}, format="json").status_code == 405
+
+
+def test_openapi_schema_describes_the_api(reader) -> None:
+    response = reader.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    for path in ["/api/v1/tasks/", "/api/v1/runs/", "/api/v1/runs/bulk/", "/api/v1/runs/{id}/cancel/"]:
+        assert path in schema["paths"]
+
+
+def test_swagger_ui_is_served_without_any_network(reader) -> None:
+    response = reader.get("/api/docs/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "drf_spectacular_sidecar/swagger-ui-dist" in html
+    assert "cdn" not in html.lower() and "unpkg" not in html.lower()
+
+
+def test_swagger_ui_assets_are_served_by_the_app(client) -> None:
+    response = client.get("/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
+    assert response.status_code == 200
+
+
+def test_schema_and_docs_need_a_signed_in_user(anonymous) -> None:
+    assert anonymous.get("/api/schema/").status_code == 401
+    assert anonymous.get("/api/docs/").status_code == 401
+
+
+def test_healthz_answers_without_credentials(client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_is_ok_when_database_and_broker_answer(client, db) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+
+
+def test_readyz_is_503_when_the_broker_is_unreachable(client, db, settings) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["broker"].startswith("error")
+    assert response.json()["database"] == "ok"
+
+
+def test_database_errors_become_503_not_500() -> None:
+    response = exception_handler(OperationalError(2003, "Can't connect"), {})
+    assert response.status_code == 503
+    assert "Can't connect" not in str(response.data)
+
+
+def test_metrics_count_runs_by_task_and_state(reader, task, make_run) -> None:
+    make_run(task, RunState.FAILED)
+    make_run(task, RunState.FAILED)
+    response = reader.get("/metrics")
+    assert response.status_code == 200
+    assert 'scheduler_runs{state="failed",task="noop"} 2.0' in response.content.decode()
+
+
+def test_metrics_need_a_signed_in_user(anonymous) -> None:
+    assert anonymous.get("/metrics").status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nothing/", "/api/v1/tasks/x/y/"])
+def test_unknown_paths_are_404(reader, path) -> None:
+    assert reader.get(path).status_code == 404

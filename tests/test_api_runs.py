@@ -1,0 +1,371 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import time_machine
+
+from tasks_app.lifecycle import RunState
+from tasks_app.models import Run, RunEvent, RunLog
+from tests.conftest import queued_ids
+
+S = RunState
+URL = "/api/v1/runs/"
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+RUN_FIELDS = {
+    "id", "task", "state", "trigger", "args", "kwargs", "attempt", "priority", "idempotency_key",
+    "schedule", "scheduled_for", "workflow_run", "step", "worker", "created_at", "started_at",
+    "finished_at", "result", "error", "progress",
+}  # fmt: skip
+
+
+# --- submit -------------------------------------------------------------------------
+
+
+def test_submit_returns_201_with_the_run_and_sends_it(
+    api, task, broker, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(URL, {"task": "noop", "kwargs": {"x": 1}, "priority": 7}, format="json")
+
+    assert response.status_code == 201, response.data
+    assert RUN_FIELDS <= set(response.data)
+    assert response.data["task"] == "noop"
+    assert response.data["state"] == "pending"
+    assert response.data["trigger"] == "api"
+    assert (response.data["kwargs"], response.data["priority"], response.data["attempt"]) == ({"x": 1}, 7, 0)
+    assert queued_ids(broker) == [f"{response.data['id']}.1"]
+
+
+def test_submit_with_run_at_later_stays_created(api, task, broker) -> None:
+    with time_machine.travel(NOW, tick=False):
+        response = api.post(URL, {"task": "noop", "run_at": "2026-03-01T14:00:00+01:00"}, format="json")
+    assert response.status_code == 201
+    assert response.data["state"] == "created"
+    assert Run.objects.get().due_at == dt.datetime(2026, 3, 1, 13, 0, tzinfo=dt.UTC)
+    assert queued_ids(broker) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "task"),
+        ({"task": "missing"}, "task"),
+        ({"task": "noop", "args": {"a": 1}}, "args"),
+        ({"task": "noop", "kwargs": [1, 2]}, "kwargs"),
+        ({"task": "noop", "kwargs": "x"}, "kwargs"),
+        ({"task": "noop", "priority": 10}, "priority"),
+        ({"task": "noop", "priority": -1}, "priority"),
+        ({"task": "noop", "priority": "high"}, "priority"),
+        ({"task": "noop", "run_at": "tomorrow"}, "run_at"),
+    ],
+)
+def test_invalid_submission_is_a_400_naming_the_field(api, task, broker, body, field) -> None:
+    response = api.post(URL, body, format="json")
+
+    assert response.status_code == 400
+    assert field in response.data
+    assert not Run.objects.exists()
+    assert queued_ids(broker) == []
+
+
+def test_submission_that_is_not_json_is_a_400(api, task) -> None:
+    response = api.generic("POST", URL, "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert not Run.objects.exists()
+
+
+def test_submission_of_a_disabled_task_is_a_409(api, make_task) -> None:
+    make_task(name="off", enabled=False)
+    response = api.post(URL, {"task": "off"}, format="json")
+    assert response.status_code == 409
+    assert "disabled" in response.data["detail"]
+    assert not Run.objects.exists()
+
+
+def test_same_idempotency_key_and_body_returns_the_first_run_with_200(api, task, broker) -> None:
+    body = {"task": "noop", "kwargs": {"x": 1}}
+    first = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="order-42")
+    again = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="order-42")
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.data["id"] == first.data["id"]
+    assert again.data["idempotency_key"] == "order-42"
+    assert Run.objects.count() == 1
+
+
+def test_same_idempotency_key_with_another_body_is_a_409(api, task, broker) -> None:
+    first = api.post(URL, {"task": "noop", "kwargs": {"x": 1}}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    clash = api.post(URL, {"task": "noop", "kwargs": {"x": 2}}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+
+    assert clash.status_code == 409
+    assert clash.data["run"] == first.data["id"]
+    assert Run.objects.count() == 1
+
+
+def test_idempotency_key_is_per_task(api, make_task, broker) -> None:
+    make_task(name="a")
+    make_task(name="b")
+    one = api.post(URL, {"task": "a"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    two = api.post(URL, {"task": "b"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert (one.status_code, two.status_code) == (201, 201)
+    assert one.data["id"] != two.data["id"]
+
+
+def test_overlong_idempotency_key_is_a_400(api, task) -> None:
+    response = api.post(URL, {"task": "noop"}, format="json", HTTP_IDEMPOTENCY_KEY="k" * 256)
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.data
+    assert not Run.objects.exists()
+
+
+# --- bulk ---------------------------------------------------------------------------
+
+
+def test_bulk_submit_returns_the_runs_in_order(api, task, broker, django_capture_on_commit_callbacks) -> None:
+    bodies = [{"task": "noop", "kwargs": {"i": i}} for i in range(5)]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(URL + "bulk/", {"runs": bodies}, format="json")
+
+    assert response.status_code == 201
+    assert [run["kwargs"]["i"] for run in response.data] == list(range(5))
+    assert sorted(queued_ids(broker)) == sorted(f"{run['id']}.1" for run in response.data)
+
+
+def test_bulk_with_bad_items_is_a_400_naming_each_index_and_writes_nothing(api, task, broker) -> None:
+    bodies = [{"task": "noop"}, {"task": "missing"}, {"task": "noop"}, {"task": "noop", "priority": 99}]
+    response = api.post(URL + "bulk/", {"runs": bodies}, format="json")
+
+    assert response.status_code == 400
+    assert set(response.data["runs"]) == {1, 3}
+    assert "task" in response.data["runs"][1]
+    assert "priority" in response.data["runs"][3]
+    assert not Run.objects.exists()
+    assert queued_ids(broker) == []
+
+
+@pytest.mark.parametrize("runs", [[], [{"task": "noop"}] * 1001, "x"])
+def test_bulk_of_no_runs_or_over_1000_is_a_400(api, task, runs) -> None:
+    response = api.post(URL + "bulk/", {"runs": runs}, format="json")
+    assert response.status_code == 400
+    assert "runs" in response.data
+    assert not Run.objects.exists()
+
+
+def test_bulk_of_1000_is_accepted(api, task, broker) -> None:
+    response = api.post(URL + "bulk/", {"runs": [{"task": "noop"}] * 1000}, format="json")
+    assert response.status_code == 201
+    assert Run.objects.count() == 1000
+
+
+def test_bulk_with_a_disabled_task_is_a_409_naming_the_index(api, task, make_task) -> None:
+    make_task(name="off", enabled=False)
+    response = api.post(URL + "bulk/", {"runs": [{"task": "noop"}, {"task": "off"}]}, format="json")
+    assert response.status_code == 409
+    assert "runs[1]" in response.data["detail"]
+    assert not Run.objects.exists()
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def test_list_is_newest_first_and_cursor_paginated(api, task, make_run) -> None:
+    ids = [make_run(task).pk for _ in range(5)]
+
+    first = api.get(URL, {"page_size": 2})
+    second = api.get(first.data["next"])
+    third = api.get(second.data["next"])
+
+    assert [r["id"] for r in first.data["results"]] == ids[::-1][:2]
+    assert [r["id"] for r in second.data["results"]] == ids[::-1][2:4]
+    assert [r["id"] for r in third.data["results"]] == ids[::-1][4:]
+    assert third.data["next"] is None
+    assert first.data["previous"] is None and second.data["previous"] is not None
+
+
+def test_list_filters_by_task_and_state(api, make_task, make_run) -> None:
+    a, b = make_task(name="a"), make_task(name="b")
+    failed_a = make_run(a, S.FAILED)
+    make_run(a, S.COMPLETED)
+    retrying_b = make_run(b, S.RETRYING)
+
+    by_task = api.get(URL, {"task": "a", "state": "failed"})
+    by_states = api.get(URL + "?state=failed&state=retrying")
+
+    assert [r["id"] for r in by_task.data["results"]] == [failed_a.pk]
+    assert {r["id"] for r in by_states.data["results"]} == {failed_a.pk, retrying_b.pk}
+
+
+def test_list_filters_by_creation_time(api, task, make_run) -> None:
+    old = make_run(task, created_at=NOW - dt.timedelta(days=2))
+    new = make_run(task, created_at=NOW)
+
+    after = api.get(URL, {"created_after": (NOW - dt.timedelta(days=1)).isoformat()})
+    before = api.get(URL, {"created_before": (NOW - dt.timedelta(days=1)).isoformat()})
+
+    assert [r["id"] for r in after.data["results"]] == [new.pk]
+    assert [r["id"] for r in before.data["results"]] == [old.pk]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"state": "bogus"}, "state"),
+        ({"created_after": "yesterday"}, "created_after"),
+        ({"schedule": "x"}, "schedule"),
+    ],
+)
+def test_invalid_filter_is_a_400_naming_it(api, task, params, field) -> None:
+    response = api.get(URL, params)
+    assert response.status_code == 400
+    assert field in response.data
+
+
+def test_filters_on_schedule_and_workflow_run_find_no_run_yet(api, task, make_run) -> None:
+    make_run(task)
+    assert api.get(URL, {"schedule": 1}).data["results"] == []
+    assert api.get(URL, {"workflow_run": 1}).data["results"] == []
+
+
+def test_one_run_its_events_and_its_logs(api, task, make_run) -> None:
+    run = make_run(task, S.PENDING)
+    run.claim(1, "w1")
+    RunLog.objects.create(run=run, level="INFO", message="hello")
+
+    one = api.get(f"{URL}{run.pk}/")
+    events = api.get(f"{URL}{run.pk}/events/")
+    logs = api.get(f"{URL}{run.pk}/logs/")
+
+    assert one.status_code == 200 and one.data["state"] == "running" and one.data["worker"] == "w1"
+    assert [(e["from_state"], e["to_state"], e["actor"]) for e in events.data["results"]] == [
+        ("pending", "running", "worker")
+    ]
+    assert set(events.data["results"][0]) >= {"from_state", "to_state", "at", "reason", "actor"}
+    assert [(line["level"], line["message"]) for line in logs.data["results"]] == [("INFO", "hello")]
+    assert set(logs.data["results"][0]) == {"at", "level", "message"}
+
+
+@pytest.mark.parametrize("suffix", ["", "events/", "logs/", "cancel/"])
+def test_unknown_run_is_a_404(api, suffix) -> None:
+    method = api.post if suffix == "cancel/" else api.get
+    assert method(f"{URL}999999/{suffix}").status_code == 404
+
+
+# --- controls -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "source", "target"),
+    [
+        ("cancel", S.CREATED, S.CANCELLED),
+        ("cancel", S.PENDING, S.CANCELLED),
+        ("cancel", S.RETRYING, S.CANCELLED),
+        ("cancel", S.PAUSED, S.CANCELLED),
+        ("pause", S.CREATED, S.PAUSED),
+        ("pause", S.PENDING, S.PAUSED),
+        ("pause", S.RETRYING, S.PAUSED),
+        ("resume", S.PAUSED, S.PENDING),
+        ("retry", S.FAILED, S.PENDING),
+        ("retry", S.CANCELLED, S.PENDING),
+    ],
+)
+def test_control_moves_the_run_and_records_who(api, task, make_run, broker, action, source, target) -> None:
+    run = make_run(task, source)
+
+    response = api.post(f"{URL}{run.pk}/{action}/")
+
+    assert response.status_code == 200, response.data
+    assert response.data["state"] == target
+    event = RunEvent.objects.get(run=run)
+    assert (event.from_state, event.to_state, event.actor, event.actor_name) == (
+        source,
+        target,
+        "user",
+        "owner",
+    )
+
+
+@pytest.mark.parametrize(
+    ("action", "source"),
+    [
+        ("cancel", S.COMPLETED),
+        ("cancel", S.FAILED),
+        ("cancel", S.SKIPPED),
+        ("pause", S.PAUSED),
+        ("pause", S.COMPLETED),
+        ("resume", S.PENDING),
+        ("resume", S.RUNNING),
+        ("retry", S.COMPLETED),
+        ("retry", S.RUNNING),
+        ("retry", S.SKIPPED),
+    ],
+)
+def test_illegal_control_is_a_409_naming_the_state(api, task, make_run, action, source) -> None:
+    run = make_run(task, source)
+
+    response = api.post(f"{URL}{run.pk}/{action}/")
+
+    assert response.status_code == 409
+    assert response.data["state"] == source
+    assert source in response.data["detail"]
+    assert Run.objects.get(pk=run.pk).state == source
+    assert not RunEvent.objects.filter(run=run).exists()
+
+
+def test_resume_and_retry_send_a_new_message(
+    api, task, make_run, broker, django_capture_on_commit_callbacks
+) -> None:
+    paused = make_run(task, S.PAUSED, dispatches=1)
+    failed = make_run(task, S.FAILED, dispatches=2, retries=3, error={"type": "X"})
+
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post(f"{URL}{paused.pk}/resume/")
+        api.post(f"{URL}{failed.pk}/retry/")
+
+    failed.refresh_from_db()
+    assert (failed.retries, failed.finished_at, failed.dispatches) == (0, None, 3)
+    assert sorted(queued_ids(broker)) == sorted([f"{paused.pk}.2", f"{failed.pk}.3"])
+
+
+def test_pause_of_a_running_run_needs_a_checkpointing_handler(api, make_task, make_run) -> None:
+    plain = make_run(make_task(handler="builtin.noop"), S.RUNNING)
+    sleeper = make_run(make_task(handler="builtin.sleep"), S.RUNNING)
+
+    refused = api.post(f"{URL}{plain.pk}/pause/")
+    paused = api.post(f"{URL}{sleeper.pk}/pause/")
+
+    assert refused.status_code == 409
+    assert "checkpoint" in refused.data["detail"]
+    assert Run.objects.get(pk=plain.pk).state == S.RUNNING
+    assert paused.status_code == 200 and paused.data["state"] == "paused"
+
+
+def test_cancel_of_a_running_run_revokes_its_message(api, task, make_run, broker) -> None:
+    run = make_run(task, S.RUNNING, dispatches=2)
+    response = api.post(f"{URL}{run.pk}/cancel/")
+    assert response.status_code == 200
+    assert response.data["state"] == "cancelled"
+    assert response.data["finished_at"] is not None
+
+
+@pytest.mark.parametrize("action", ["cancel", "pause", "resume", "retry"])
+def test_controls_need_the_change_permission(reader, anonymous, task, make_run, action) -> None:
+    run = make_run(task, S.PAUSED if action == "resume" else S.FAILED if action == "retry" else S.PENDING)
+    assert anonymous.post(f"{URL}{run.pk}/{action}/").status_code == 401
+    assert reader.post(f"{URL}{run.pk}/{action}/").status_code == 403
+    assert not RunEvent.objects.filter(run=run).exists()
+
+
+def test_submit_needs_the_add_permission(reader, anonymous, task) -> None:
+    assert anonymous.post(URL, {"task": "noop"}, format="json").status_code == 401
+    assert reader.post(URL, {"task": "noop"}, format="json").status_code == 403
+    assert reader.post(URL + "bulk/", {"runs": [{"task": "noop"}]}, format="json").status_code == 403
+    assert not Run.objects.exists()
+
+
+def test_reader_may_read_runs(reader, anonymous, task, make_run) -> None:
+    run = make_run(task)
+    assert reader.get(f"{URL}{run.pk}/").status_code == 200
+    assert anonymous.get(f"{URL}{run.pk}/").status_code == 401
+    assert anonymous.get(URL).status_code == 401

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import time_machine
+
+from tasks_app.lifecycle import RunState
+from tasks_app.models import Run
+from tasks_app.querysets import IdempotencyConflict, RunRequest
+from tests.conftest import queued_ids, queued_messages
+
+S = RunState
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def test_submitted_run_is_pending_and_sent_only_after_commit(
+    make_task, broker, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task(args=[1], kwargs={"a": 1, "b": 2}, priority=3, queue="default")
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        run, created = Run.objects.submit(RunRequest(task=task, kwargs={"b": 9}), by="alice")
+        assert queued_ids(broker) == []  # nothing before the commit
+
+    assert created
+    assert len(callbacks) == 1
+    stored = Run.objects.get(pk=run.pk)
+    assert (stored.state, stored.args, stored.kwargs, stored.priority) == (
+        S.PENDING,
+        [1],
+        {"a": 1, "b": 9},
+        3,
+    )
+    assert list(stored.events.values_list("from_state", "to_state", "actor_name")) == [
+        ("", S.CREATED, "alice"),
+        (S.CREATED, S.PENDING, ""),
+    ]
+    callbacks[0]()  # the commit's callback publishes
+    (message,) = queued_messages(broker)
+    assert message["headers"]["id"] == f"{run.pk}.1"
+    assert message["headers"]["task"] == "builtin.noop"
+    assert message["content-type"] == "application/json"
+    assert message["properties"]["priority"] == 6  # API priority 3 -> kombu's 9 - 3
+
+
+def test_run_with_a_later_run_at_waits_in_created(
+    make_task, broker, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task()
+    with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
+        run, _ = Run.objects.submit(RunRequest(task=task, run_at=NOW + dt.timedelta(hours=1)))
+
+    run.refresh_from_db()
+    assert (run.state, run.due_at, run.dispatches) == (S.CREATED, NOW + dt.timedelta(hours=1), 0)
+    assert queued_ids(broker) == []
+
+
+def test_run_at_in_the_past_is_sent_at_once(make_task, broker, django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        run, _ = Run.objects.submit(RunRequest(task=make_task(), run_at=NOW))
+    assert Run.objects.get(pk=run.pk).state == S.PENDING
+    assert queued_ids(broker) == [f"{run.pk}.1"]
+
+
+def test_due_runs_are_sent_when_their_time_comes(
+    make_task, broker, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task()
+    with time_machine.travel(NOW, tick=False):
+        later, _ = Run.objects.submit(RunRequest(task=task, run_at=NOW + dt.timedelta(minutes=5)))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert Run.objects.dispatch_due(now=NOW + dt.timedelta(minutes=4)) == 0
+    assert Run.objects.get(pk=later.pk).state == S.CREATED
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert Run.objects.dispatch_due(now=NOW + dt.timedelta(minutes=5)) == 1
+    later.refresh_from_db()
+    assert (later.state, later.dispatches, later.due_at) == (S.PENDING, 1, None)
+    assert later.events.last().reason == "due: sent to the broker"
+    assert queued_ids(broker) == [f"{later.pk}.1"]
+
+
+def test_retrying_run_is_sent_again_after_its_backoff(
+    make_task, make_run, broker, django_capture_on_commit_callbacks
+) -> None:
+    run = make_run(make_task(), S.RETRYING, dispatches=2, due_at=NOW)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert Run.objects.dispatch_due(now=NOW - dt.timedelta(seconds=1)) == 0
+        assert Run.objects.dispatch_due(now=NOW) == 1
+
+    run.refresh_from_db()
+    assert (run.state, run.dispatches) == (S.PENDING, 3)
+    assert list(run.events.values_list("from_state", "to_state")) == [(S.RETRYING, S.PENDING)]
+    assert queued_ids(broker) == [f"{run.pk}.3"]
+
+
+def test_paused_and_undated_runs_are_never_sent_by_the_sweep(make_task, make_run, broker) -> None:
+    task = make_task()
+    make_run(task, S.PAUSED, due_at=NOW)
+    make_run(task, S.CREATED)  # waiting for something else (a step's upstream, a slot)
+    assert Run.objects.dispatch_due(now=NOW + dt.timedelta(days=1)) == 0
+
+
+def test_same_idempotency_key_and_body_returns_the_first_run(make_task, broker) -> None:
+    task = make_task()
+    first, created = Run.objects.submit(RunRequest(task=task, kwargs={"x": 1}, idempotency_key="k"))
+    again, created_again = Run.objects.submit(RunRequest(task=task, kwargs={"x": 1}, idempotency_key="k"))
+
+    assert (created, created_again) == (True, False)
+    assert again.pk == first.pk
+    assert Run.objects.count() == 1
+
+
+def test_same_idempotency_key_with_another_body_is_a_conflict(make_task, broker) -> None:
+    task = make_task()
+    first, _ = Run.objects.submit(RunRequest(task=task, kwargs={"x": 1}, idempotency_key="k"))
+
+    with pytest.raises(IdempotencyConflict) as conflict:
+        Run.objects.submit(RunRequest(task=task, kwargs={"x": 2}, idempotency_key="k"))
+
+    assert conflict.value.run.pk == first.pk
+    assert Run.objects.count() == 1
+
+
+def test_bulk_submission_sends_every_run_over_one_commit(
+    make_task, broker, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        runs = Run.objects.submit_many([RunRequest(task=task, kwargs={"i": i}) for i in range(20)])
+
+    assert len(callbacks) == 1
+    assert [run.kwargs["i"] for run in runs] == list(range(20))
+    assert sorted(queued_ids(broker)) == sorted(f"{run.pk}.1" for run in runs)
+
+
+def test_publish_failure_leaves_the_run_pending(
+    make_task, settings, django_capture_on_commit_callbacks
+) -> None:
+    from celery import current_app
+
+    current_app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    current_app.conf.broker_connection_max_retries = 0
+    current_app.conf.task_publish_retry = False
+    try:
+        current_app.pool.force_close_all()
+        with django_capture_on_commit_callbacks(execute=True):
+            run, created = Run.objects.submit(RunRequest(task=make_task()))
+    finally:
+        current_app.conf.broker_url = settings.CELERY_BROKER_URL
+        current_app.conf.task_publish_retry = True
+        current_app.pool.force_close_all()
+    assert created
+    assert Run.objects.get(pk=run.pk).state == S.PENDING
