@@ -216,6 +216,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "priority_steps": list(range(10)),
     "sep": ":",
     "queue_order_strategy": "priority",
+    # Bound how long a publish waits for an unreachable broker (kombu's default retries
+    # forever): the run is already committed as pending and is sent again later.
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

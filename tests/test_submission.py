@@ -138,20 +138,22 @@ def test_bulk_submission_sends_every_run_over_one_commit(
 
 
 def test_publish_failure_leaves_the_run_pending(
-    make_task, settings, django_capture_on_commit_callbacks
+    make_task, django_capture_on_commit_callbacks, caplog
 ) -> None:
-    from celery import current_app
+    from celery import Celery
 
-    current_app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there
-    current_app.conf.broker_connection_max_retries = 0
-    current_app.conf.task_publish_retry = False
+    from scheduler_site.celery import app
+
+    unreachable = Celery("unreachable", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    unreachable.conf.task_publish_retry = False
+    unreachable.conf.broker_connection_retry = False
+    unreachable.conf.broker_transport_options = {"max_retries": 1, "interval_start": 0, "interval_step": 0}
+    unreachable.set_current()
     try:
-        current_app.pool.force_close_all()
         with django_capture_on_commit_callbacks(execute=True):
             run, created = Run.objects.submit(RunRequest(task=make_task()))
     finally:
-        current_app.conf.broker_url = settings.CELERY_BROKER_URL
-        current_app.conf.task_publish_retry = True
-        current_app.pool.force_close_all()
+        app.set_current()
     assert created
     assert Run.objects.get(pk=run.pk).state == S.PENDING
+    assert f"broker refused 1 run message(s) [{run.pk}]; they stay pending" in caplog.text
