@@ -214,7 +214,6 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": int(RUN_MAX_DURATION * 2),
     # Ten priority levels (kombu's Redis transport: 0 is served first).
     "priority_steps": list(range(10)),
-    "sep": ":",
     "queue_order_strategy": "priority",
     # Bound how long a publish waits for an unreachable broker (kombu's default retries
     # forever): the run is already committed as pending and is sent again later.

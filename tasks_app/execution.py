@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import traceback
 from typing import Any
 
@@ -17,7 +18,7 @@ from celery import Task as CeleryTask
 from celery import shared_task
 from celery.signals import task_prerun
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from tasks_app import handlers
 from tasks_app.handlers import RunContext, RunInterrupted
@@ -47,11 +48,22 @@ class RunTask(CeleryTask):
             record_hard_timeout(*args[:2], error=error)
 
 
+# A connection idle longer than this is checked (and replaced if broken) before the
+# next task uses it; in a burst, one health check per task would cost a round trip each.
+CONNECTION_CHECK_AFTER_IDLE = 1.0
+_last_task_started = 0.0
+
+
 @task_prerun.connect
-def _drop_broken_connections(**kwargs: Any) -> None:
+def _check_connections_after_idle(**kwargs: Any) -> None:
     # Celery's per-task close of every connection is off (CELERY_DB_REUSE_MAX): close
-    # only a connection that broke or outlived CONN_MAX_AGE.
-    close_old_connections()
+    # only connections that broke or outlived CONN_MAX_AGE.
+    global _last_task_started
+    now = time.monotonic()
+    idle = now - _last_task_started > CONNECTION_CHECK_AFTER_IDLE
+    _last_task_started = now
+    if idle or any(conn.errors_occurred for conn in connections.all(initialized_only=True)):
+        close_old_connections()
 
 
 def celery_task_for(handler_name: str) -> CeleryTask:
@@ -87,8 +99,9 @@ def encode_result(value: Any) -> Any:
 def execute(run_id: int, dispatch: int, *, hostname: str) -> None:
     from tasks_app.models import Run
 
-    run = Run.objects.select_related("task").filter(pk=run_id).first()
-    if run is None:
+    try:
+        run = Run.objects.get_with_task(run_id)
+    except Run.DoesNotExist:
         logger.warning("run %s no longer exists; message %s.%s dropped", run_id, run_id, dispatch)
         return
     try:

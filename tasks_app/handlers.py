@@ -20,6 +20,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -119,9 +120,14 @@ class RunContext:
         self.saved_checkpoint: Any = run.checkpoint
         # Upstream workflow steps' results by step key (empty outside workflows).
         self.upstream: dict[str, Any] = upstream or {}
-        self.logger = logging.Logger(f"tasks_app.runs.{run.pk}", logging.DEBUG)
-        self.logger.parent = run_logger
-        self.logger.addHandler(RunLogHandler(run.pk))
+
+    @cached_property
+    def logger(self) -> logging.Logger:
+        """A logger whose lines are kept with the run (and go to the worker's log too)."""
+        logger = logging.Logger(f"tasks_app.runs.{self.run_id}", logging.DEBUG)
+        logger.parent = run_logger
+        logger.addHandler(RunLogHandler(self.run_id))
+        return logger
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress (0 to 1); raises RunInterrupted if the run stopped running."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from django.utils import timezone
 
 from tasks_app.lifecycle import (
     TERMINAL_STATES,
@@ -13,6 +14,7 @@ from tasks_app.lifecycle import (
     sources_of,
 )
 from tasks_app.models import Run, RunEvent
+from tasks_app.models.runs import move_fields
 
 S = RunState
 
@@ -80,7 +82,28 @@ def test_move_follows_a_concurrent_change_of_state(make_run, task) -> None:
     Run.objects.filter(pk=run.pk).update(state=S.PAUSED)
 
     assert run.move(S.CANCELLED) == S.PAUSED
-    assert RunEvent.objects.get(run=run).from_state == S.PAUSED
+    assert RunEvent.objects.filter(run=run).last().from_state == S.PAUSED
+
+
+def test_every_state_change_gets_its_event_even_from_a_bulk_update(make_run, task) -> None:
+    runs = [make_run(task, S.CREATED) for _ in range(3)]
+    at = timezone.now()
+
+    Run.objects.filter(pk__in=[r.pk for r in runs]).update(
+        **move_fields(S.CANCELLED, at=at, reason="bulk", actor="user", actor_name="ops")
+    )
+
+    events = RunEvent.objects.filter(run__in=runs)
+    assert sorted(events.values_list("run_id", flat=True)) == sorted(r.pk for r in runs)
+    assert {(e.from_state, e.to_state, e.at, e.reason, e.actor_name) for e in events} == {
+        (S.CREATED, S.CANCELLED, at, "bulk", "ops")
+    }
+
+
+def test_an_update_that_keeps_the_state_records_no_event(make_run, task) -> None:
+    run = make_run(task, S.RUNNING)
+    Run.objects.filter(pk=run.pk).update(progress={"fraction": 0.5, "message": ""})
+    assert not RunEvent.objects.filter(run=run).exists()
 
 
 def test_move_refused_when_concurrent_change_made_it_illegal(make_run, task) -> None:

@@ -56,3 +56,29 @@ def test_retry_delay_with_jitter_stays_between_half_and_all() -> None:
     delays = [task.retry_delay(2, rng) for _ in range(200)]
     assert all(8 <= d <= 16 for d in delays)
     assert max(delays) - min(delays) > 4  # really spread
+
+
+def test_get_with_task_loads_what_select_related_loads(make_task, make_run) -> None:
+    task = make_task(kwargs={"a": [1, {"b": None}]}, soft_time_limit=5, retry_backoff=0.25)
+    run = make_run(
+        task,
+        S.FAILED,
+        kwargs={"x": "é"},
+        error={"type": "E", "message": "m", "traceback": ""},
+        checkpoint={"remaining": 1.5},
+        scheduled_for=timezone.now(),
+    )
+    expected = Run.objects.select_related("task").get(pk=run.pk)
+
+    loaded = Run.objects.get_with_task(run.pk)
+
+    for field in Run._meta.concrete_fields:
+        assert getattr(loaded, field.attname) == getattr(expected, field.attname), field.name
+    for field in Task._meta.concrete_fields:
+        assert getattr(loaded.task, field.attname) == getattr(expected.task, field.attname), field.name
+    assert timezone.is_aware(loaded.finished_at)
+
+
+def test_get_with_task_of_a_missing_run_raises_does_not_exist(db) -> None:
+    with pytest.raises(Run.DoesNotExist):
+        Run.objects.get_with_task(123456789)
