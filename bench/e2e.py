@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DB_URL = os.environ.get("BENCH_DATABASE_URL", "mysql://root@127.0.0.1:3306/bench_scheduler")
-BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wait_until
+
 SCENARIOS = ["plain", "results", "platform"]
 CHUNK = 1000  # runs per bulk submission, the API's limit
 LOGLEVEL = os.environ.get("BENCH_WORKER_LOGLEVEL", "info")
@@ -52,27 +52,11 @@ def env_for(scenario: str) -> dict[str, str]:
     return env
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 # --- orchestration (the parent process) ------------------------------------------------
 
 
 def prepare() -> None:
-    import dj_database_url
-    import MySQLdb
-
-    db = dj_database_url.parse(DB_URL)
-    conn = MySQLdb.connect(
-        host=db["HOST"], port=int(db["PORT"] or 3306), user=db["USER"], passwd=db["PASSWORD"]
-    )
-    conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{db['NAME']}` CHARACTER SET utf8mb4")
-    conn.close()
+    ensure_database()
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env_for("platform"), check=True)
     subprocess.run(
@@ -127,7 +111,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "e2e.json"))
+    parser.add_argument("--out", default=str(RESULTS / "e2e.json"))
     parser.add_argument("--submit", choices=SCENARIOS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.submit:

@@ -33,13 +33,17 @@ def publish(runs: Iterable[Run]) -> int:
     app = current_app
     try:
         with app.producer_or_acquire() as producer:
-            for first in range(0, len(runs), BATCH):
-                group = runs[first : first + BATCH]
-                # kombu's batch pipelines the LPUSHes: one Redis round trip per group.
-                with producer.batch(max_size=BATCH):
-                    for run in group:
-                        _send(app, producer, run)
-                sent += len(group)
+            if len(runs) == 1:  # a pipeline pays off only for several
+                _send(app, producer, runs[0])
+                sent = 1
+            else:
+                for first in range(0, len(runs), BATCH):
+                    group = runs[first : first + BATCH]
+                    # kombu's batch pipelines the LPUSHes: one Redis round trip per group.
+                    with producer.batch(max_size=BATCH):
+                        for run in group:
+                            _send(app, producer, run)
+                    sent += len(group)
     except Exception:
         unsent = [run.pk for run in runs[sent:]]
         logger.exception("broker refused %d run message(s) %s; they stay pending", len(unsent), unsent[:20])

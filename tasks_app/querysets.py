@@ -136,13 +136,13 @@ class RunQuerySet(models.QuerySet):
         return existing
 
     def submit_many(self, requests: list[RunRequest], *, by: str = "") -> list[Run]:
-        """Create runs in one transaction; those due now are published after commit.
+        """Create runs in one INSERT; those due now are published after it commits.
 
-        A run due now is recorded as created and moved to pending in the same
-        transaction (two events); one with a later run_at stays created until
-        `dispatch_due()` sends it.
+        The insert trigger (migration 0002) records each run's "submitted" event and,
+        for a run due now, its move to pending in the same statement. A run with a
+        later run_at stays created until `dispatch_due()` sends it.
         """
-        from tasks_app.models.runs import RunEvent, move_fields
+        from tasks_app.models.runs import move_fields
 
         Run = self.model
         now = timezone.now()
@@ -151,7 +151,6 @@ class RunQuerySet(models.QuerySet):
         for request in requests:
             task = request.task
             later = request.run_at is not None and request.run_at > now
-            state = S.CREATED if later else S.PENDING
             runs.append(
                 Run(
                     task=task,
@@ -166,43 +165,20 @@ class RunQuerySet(models.QuerySet):
                     dispatches=0 if later else 1,
                     created_at=now,
                     **move_fields(
-                        state,
-                        at=now,
-                        reason="submitted" if later else "sent to the broker",
-                        actor=actor if later else Actor.SYSTEM,
-                        actor_name=by if later else "",
-                    ),
-                )
-            )
-        with transaction.atomic():
-            Run.objects.bulk_create(runs)
-            events = []
-            for run in runs:
-                events.append(
-                    RunEvent(
-                        run=run,
-                        from_state="",
-                        to_state=S.CREATED,
+                        S.CREATED if later else S.PENDING,
                         at=now,
                         reason="submitted",
                         actor=actor,
                         actor_name=by,
-                    )
+                    ),
                 )
-                if run.state == S.PENDING:
-                    events.append(
-                        RunEvent(
-                            run=run,
-                            from_state=S.CREATED,
-                            to_state=S.PENDING,
-                            at=now,
-                            reason="sent to the broker",
-                            actor=Actor.SYSTEM,
-                        )
-                    )
-            RunEvent.objects.bulk_create(events)
-            due = [run for run in runs if run.state == S.PENDING]
-            transaction.on_commit(lambda: dispatch.publish(due))
+            )
+        if len(runs) == 1:
+            runs[0].save(force_insert=True)  # one statement: no transaction to open
+        else:
+            Run.objects.bulk_create(runs)
+        due = [run for run in runs if run.state == S.PENDING]
+        transaction.on_commit(lambda: dispatch.publish(due))
         return runs
 
     def dispatch_due(self, now: dt.datetime | None = None, limit: int = 500) -> int:

@@ -1,0 +1,175 @@
+"""POST /api/v1/runs/ under gunicorn, beside a bare DRF create endpoint, in the same run.
+
+gunicorn with 2 sync workers serves both endpoints (bench/api_settings.py adds the bare
+one: same token authentication and permissions, one INSERT). At 1 and at 20 concurrent
+keep-alive clients, each endpoint is timed: latency p50/p99 and requests/s. No Celery
+worker runs: submitted runs wait in Redis, which is emptied afterwards.
+Figures go to bench/results/api.json.
+
+    .venv/bin/python bench/api.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wait_until
+
+ENV = {
+    **os.environ,
+    "DATABASE_URL": DB_URL,
+    "REDIS_URL": BROKER_URL,
+    "DJANGO_SETTINGS_MODULE": "bench.api_settings",
+    "PYTHONPATH": str(ROOT),
+}
+ENDPOINTS = {
+    "platform": ("/api/v1/runs/", {"task": "bench-noop", "kwargs": {"n": 1}}),
+    "bare": ("/bench/bare/", {"payload": {"task": "bench-noop", "kwargs": {"n": 1}}}),
+}
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare() -> str:
+    """Migrate the benchmark database; return an API token of a superuser."""
+    ensure_database()
+    python = sys.executable
+    subprocess.run([python, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=ENV, check=True)
+    script = (
+        "from django.contrib.auth.models import User;"
+        "from rest_framework.authtoken.models import Token;"
+        "from tasks_app.models import Task;"
+        "Task.objects.get_or_create(name='bench-noop', defaults={'handler': 'builtin.noop'});"
+        "u = User.objects.filter(username='bench').first() or "
+        "User.objects.create_superuser('bench', password='bench-only-password');"
+        "print(Token.objects.get_or_create(user=u)[0].key)"
+    )
+    done = subprocess.run(
+        [python, "manage.py", "shell", "-c", script],
+        cwd=ROOT,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def client_loop(port: int, token: str, path: str, body: bytes, count: int, out: list[float]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    for _ in range(count):
+        start = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 201:
+            raise SystemExit(f"{path} answered {response.status}")
+        out.append(time.perf_counter() - start)
+    conn.close()
+
+
+def measure(port: int, token: str, endpoint: str, clients: int, requests: int) -> dict[str, Any]:
+    path, payload = ENDPOINTS[endpoint]
+    body = json.dumps(payload).encode()
+    warm: list[float] = []
+    client_loop(port, token, path, body, 50, warm)
+    per_client = max(1, requests // clients)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    threads = [
+        threading.Thread(target=client_loop, args=(port, token, path, body, per_client, latencies[i]))
+        for i in range(clients)
+    ]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    flat = sorted(x for lat in latencies for x in lat)
+    return {
+        "clients": clients,
+        "requests": len(flat),
+        "requests_per_s": round(len(flat) / elapsed, 1),
+        "p50_ms": round(statistics.median(flat) * 1000, 2),
+        "p99_ms": round(flat[int(len(flat) * 0.99) - 1] * 1000, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--out", default=str(RESULTS / "api.json"))
+    args = parser.parse_args()
+
+    import redis
+
+    token = prepare()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "bench.api_settings_wsgi:application", "--workers", "2",
+         "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        cwd=ROOT,
+        env=ENV,
+        start_new_session=True,
+    )  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in ENDPOINTS}
+    try:
+        wait_until(lambda: _answers(port), 60, "gunicorn to start")
+        for clients in (1, 20):
+            requests = args.requests // 4 if clients == 1 else args.requests
+            for endpoint in ENDPOINTS:  # alternate, so drift hits both alike
+                figures = measure(port, token, endpoint, clients, requests)
+                results[endpoint].append(figures)
+                print(f"{endpoint:8s} {figures}", flush=True)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        redis.Redis.from_url(BROKER_URL).flushdb()
+
+    def at(endpoint: str, clients: int) -> dict[str, Any]:
+        return next(r for r in results[endpoint] if r["clients"] == clients)
+
+    summary = {
+        "server": "gunicorn, 2 sync workers; persistent database connections",
+        "results": results,
+        "one_client_p50_ms": {name: at(name, 1)["p50_ms"] for name in ENDPOINTS},
+        "twenty_clients_ratio_of_requests_per_s": at("platform", 20)["requests_per_s"]
+        / at("bare", 20)["requests_per_s"],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
