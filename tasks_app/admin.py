@@ -24,23 +24,7 @@ class TaskForm(forms.ModelForm):
 
     class Meta:
         model = Task
-        fields = [
-            "name",
-            "handler",
-            "description",
-            "args",
-            "kwargs",
-            "queue",
-            "priority",
-            "max_retries",
-            "retry_backoff",
-            "retry_backoff_max",
-            "retry_jitter",
-            "soft_time_limit",
-            "time_limit",
-            "concurrency_policy",
-            "enabled",
-        ]
+        fields = Task.EDITABLE_FIELDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

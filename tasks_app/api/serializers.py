@@ -27,25 +27,7 @@ class TaskSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Task
-        fields = [
-            "name",
-            "handler",
-            "description",
-            "args",
-            "kwargs",
-            "queue",
-            "priority",
-            "max_retries",
-            "retry_backoff",
-            "retry_backoff_max",
-            "retry_jitter",
-            "soft_time_limit",
-            "time_limit",
-            "concurrency_policy",
-            "enabled",
-            "created_at",
-            "updated_at",
-        ]
+        fields = [*Task.EDITABLE_FIELDS, "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
 
     def validate_handler(self, value: str) -> str:

@@ -24,6 +24,25 @@ class ConcurrencyPolicy(models.TextChoices):
 class Task(models.Model):
     """A named, configured use of a registered handler."""
 
+    # What the API and the admin let a user set.
+    EDITABLE_FIELDS = [
+        "name",
+        "handler",
+        "description",
+        "args",
+        "kwargs",
+        "queue",
+        "priority",
+        "max_retries",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "soft_time_limit",
+        "time_limit",
+        "concurrency_policy",
+        "enabled",
+    ]
+
     name = models.CharField(max_length=200, unique=True, validators=[name_validator])
     handler = models.CharField(max_length=200)
     description = models.TextField(blank=True)
