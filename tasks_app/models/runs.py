@@ -64,7 +64,8 @@ class Run(models.Model):
     """One execution of a task, from submission to a terminal state.
 
     `state` changes only through `move()` and the methods built on it: a conditional
-    UPDATE on the state the caller last saw, plus its RunEvent, in one transaction.
+    UPDATE on the state the caller last saw, whose RunEvent a trigger writes in the
+    same statement.
     """
 
     task = models.ForeignKey("tasks_app.Task", on_delete=models.CASCADE, related_name="runs")
@@ -94,9 +95,9 @@ class Run(models.Model):
     error = models.JSONField(null=True, blank=True)
     progress = models.JSONField(null=True, blank=True)
     checkpoint = models.JSONField(null=True, blank=True)
-    # The latest move. Whenever an UPDATE changes `state`, the database trigger of
-    # migration 0002 copies these into a RunEvent in that UPDATE's own transaction: no
-    # code path, bulk update() included, can change a state without its event.
+    # The latest move (for a new run, its submission). The triggers of migration 0002
+    # copy these into a RunEvent whenever a statement inserts a run or changes its
+    # state: no code path, bulk update() included, can change a state without its event.
     state_changed_at = models.DateTimeField(default=timezone.now)
     state_reason = models.CharField(max_length=500, blank=True)
     state_actor = models.CharField(max_length=10, choices=Actor.choices, default=Actor.SYSTEM)
@@ -151,20 +152,21 @@ class Run(models.Model):
         only_from: frozenset[RunState] | None = None,
         where: dict[str, Any] | None = None,
         new_message: bool = False,
+        at: dt.datetime | None = None,
         **changes: Any,
     ) -> RunState:
         """Move to `target` if the state table allows it from the current state.
 
         Compare-and-set on the state this instance last saw (one UPDATE; the trigger
         records the event); if another process moved the run meanwhile, re-read and try
-        again from there. `where` adds conditions
-        (the claim's message number) that must hold too; `new_message` gives the run its
-        next message number. Returns the state moved from; raises InvalidTransition.
+        again from there. `where` adds conditions that must hold too (the claim's message
+        number); `new_message` gives the run its next message number; `at` is the time of
+        the move (now). Returns the state moved from; raises InvalidTransition.
         """
         allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
         fields = {
             **changes,
-            **move_fields(target, at=timezone.now(), reason=reason, actor=actor, actor_name=actor_name),
+            **move_fields(target, at=at or timezone.now(), reason=reason, actor=actor, actor_name=actor_name),
         }
         current = self.state
         for _attempt in range(5):
@@ -244,6 +246,7 @@ class Run(models.Model):
 
     def claim(self, dispatch: int, hostname: str) -> None:
         """Take the run for execution with message number `dispatch` (pending -> running)."""
+        now = timezone.now()
         self.move(
             S.RUNNING,
             only_from=frozenset({S.PENDING}),
@@ -253,7 +256,8 @@ class Run(models.Model):
             reason=f"attempt {self.attempt + 1} started",
             attempt=self.attempt + 1,
             worker=hostname,
-            started_at=timezone.now(),
+            at=now,
+            started_at=now,
             progress=None,
             error=None,
         )
@@ -286,6 +290,7 @@ class Run(models.Model):
             self.fail(error, reason=f"{error['type']} after {attempts}", hostname=hostname)
             return
         delay = task.retry_delay(self.retries)
+        now = timezone.now()
         self.move(
             S.RETRYING,
             where={"dispatches": self.dispatches},
@@ -294,7 +299,8 @@ class Run(models.Model):
             reason=f"{error['type']}; retry {self.retries + 1} of {task.max_retries} in {delay:.3f}s",
             error=error,
             retries=self.retries + 1,
-            due_at=timezone.now() + dt.timedelta(seconds=delay),
+            at=now,
+            due_at=now + dt.timedelta(seconds=delay),
         )
 
     def save_progress(self, fraction: float, message: str) -> bool:
