@@ -1,18 +1,21 @@
 """Sending runs to the broker, always after the transaction that made them pending.
 
 A run is committed as `pending` before its message is published. If publishing
-fails (the broker is down) the run stays pending and its message is sent again
-later; a message that arrives twice is harmless, as only the run's latest message
-number can claim it (Run.claim).
+fails (the broker is down) the run stays pending with a `due_at` a few seconds on,
+and beat's RunQuerySet.dispatch_due() sends it again then, under a new message
+number; a message that still arrives later is harmless, as only the run's latest
+message number can claim it (Run.claim).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery import current_app
+from django.utils import timezone
 
 from tasks_app.models.tasks import PRIORITY_MAX
 
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BATCH = 500  # messages per Redis pipeline
+RESEND_AFTER = dt.timedelta(seconds=5)
 
 
 def publish(runs: Iterable[Run]) -> int:
@@ -46,8 +50,21 @@ def publish(runs: Iterable[Run]) -> int:
                     sent += len(group)
     except Exception:
         unsent = [run.pk for run in runs[sent:]]
-        logger.exception("broker refused %d run message(s) %s; they stay pending", len(unsent), unsent[:20])
+        logger.exception("broker refused %d run message(s) %s; sending again later", len(unsent), unsent[:20])
+        _resend_later(unsent)
     return sent
+
+
+def _resend_later(run_ids: list[int]) -> None:
+    from tasks_app.lifecycle import RunState
+    from tasks_app.models import Run
+
+    try:
+        Run.objects.filter(pk__in=run_ids, state=RunState.PENDING).update(
+            due_at=timezone.now() + RESEND_AFTER
+        )
+    except Exception:
+        logger.exception("could not mark runs %s to be sent again", run_ids[:20])
 
 
 def _send(app: Any, producer: Any, run: Run) -> None:

@@ -182,10 +182,13 @@ class RunQuerySet(models.QuerySet):
         return runs
 
     def dispatch_due(self, now: dt.datetime | None = None, limit: int = 500) -> int:
-        """Send created and retrying runs whose time has come; returns how many.
+        """Send the runs whose time has come; returns how many.
 
-        Rows are claimed with SELECT ... FOR UPDATE SKIP LOCKED, so several beat
-        processes can run this at once without sending a run twice.
+        Created and retrying runs move to pending; a pending run with a due_at is one
+        whose message the broker refused (dispatch.publish) and is sent again under
+        its next message number. Rows are claimed with SELECT ... FOR UPDATE SKIP
+        LOCKED, so several beat processes can run this at once without sending a run
+        twice.
         """
         from tasks_app.models.runs import move_fields
 
@@ -193,7 +196,7 @@ class RunQuerySet(models.QuerySet):
         with transaction.atomic():
             due = list(
                 self.select_for_update(skip_locked=True)
-                .filter(state__in=[S.CREATED, S.RETRYING], due_at__lte=now)
+                .filter(state__in=[S.CREATED, S.RETRYING, S.PENDING], due_at__lte=now)
                 .order_by("due_at")
                 .values_list("pk", "state")[:limit]
             )
@@ -202,7 +205,7 @@ class RunQuerySet(models.QuerySet):
             moved = move_fields(S.PENDING, at=now, reason="due: sent to the broker", actor=Actor.SYSTEM)
             for source in {state for _pk, state in due}:
                 self.filter(pk__in=[pk for pk, state in due if state == source], state=source).update(
-                    dispatches=F("dispatches") + 1, due_at=None, **moved
+                    dispatches=F("dispatches") + 1, due_at=None, **({} if source == S.PENDING else moved)
                 )
             runs = list(self.select_related("task").filter(pk__in=[pk for pk, _state in due]))
             transaction.on_commit(lambda: dispatch.publish(runs))

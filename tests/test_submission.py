@@ -155,5 +155,22 @@ def test_publish_failure_leaves_the_run_pending(
     finally:
         app.set_current()
     assert created
-    assert Run.objects.get(pk=run.pk).state == S.PENDING
-    assert f"broker refused 1 run message(s) [{run.pk}]; they stay pending" in caplog.text
+    run.refresh_from_db()
+    assert run.state == S.PENDING
+    assert run.due_at is not None  # to be sent again by beat
+    assert f"broker refused 1 run message(s) [{run.pk}]; sending again later" in caplog.text
+
+
+def test_pending_run_the_broker_refused_is_sent_again_under_a_new_number(
+    make_task, make_run, broker, django_capture_on_commit_callbacks
+) -> None:
+    run = make_run(make_task(), S.PENDING, dispatches=1, due_at=NOW)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert Run.objects.dispatch_due(now=NOW - dt.timedelta(seconds=1)) == 0
+        assert Run.objects.dispatch_due(now=NOW) == 1
+
+    run.refresh_from_db()
+    assert (run.state, run.dispatches, run.due_at) == (S.PENDING, 2, None)
+    assert not run.events.exists()  # no move: it was pending all along
+    assert queued_ids(broker) == [f"{run.pk}.2"]

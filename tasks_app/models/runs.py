@@ -121,7 +121,7 @@ class Run(models.Model):
             ),
         ]
         indexes = [
-            # RunQuerySet.dispatch_due(): created/retrying runs whose due_at has passed.
+            # RunQuerySet.dispatch_due(): created, retrying or unsent pending runs now due.
             models.Index(fields=["state", "due_at"], name="run_state_due"),
             # GET /runs/?created_after=...: newest-first lists bounded by date.
             models.Index(fields=["created_at"], name="run_created_at"),
@@ -260,6 +260,7 @@ class Run(models.Model):
             started_at=now,
             progress=None,
             error=None,
+            due_at=None,  # a resend may have been due; this message won the claim
         )
 
     def complete(self, result: Any, hostname: str) -> None:
