@@ -35,6 +35,7 @@ ENV = {
     "DJANGO_SETTINGS_MODULE": "bench.api_settings",
     "PYTHONPATH": str(ROOT),
 }
+WORKERS = os.environ.get("BENCH_GUNICORN_WORKERS", "2")
 ENDPOINTS = {
     "platform": ("/api/v1/runs/", {"task": "bench-noop", "kwargs": {"n": 1}}),
     "bare": ("/bench/bare/", {"payload": {"task": "bench-noop", "kwargs": {"n": 1}}}),
@@ -134,7 +135,7 @@ def main() -> None:
     token = prepare()
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "bench.api_settings_wsgi:application", "--workers", "2",
+        [sys.executable, "-m", "gunicorn", "bench.api_settings_wsgi:application", "--workers", WORKERS,
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
         cwd=ROOT,
         env=ENV,
@@ -158,7 +159,7 @@ def main() -> None:
         return next(r for r in results[endpoint] if r["clients"] == clients)
 
     summary = {
-        "server": "gunicorn, 2 sync workers; persistent database connections",
+        "server": f"gunicorn, {WORKERS} sync workers; persistent database connections",
         "results": results,
         "one_client_p50_ms": {name: at(name, 1)["p50_ms"] for name in ENDPOINTS},
         "twenty_clients_ratio_of_requests_per_s": at("platform", 20)["requests_per_s"]

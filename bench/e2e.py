@@ -31,6 +31,7 @@ from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wai
 SCENARIOS = ["plain", "results", "platform"]
 CHUNK = 1000  # runs per bulk submission, the API's limit
 LOGLEVEL = os.environ.get("BENCH_WORKER_LOGLEVEL", "info")
+CONCURRENCY = os.environ.get("BENCH_WORKER_CONCURRENCY", "2")
 
 
 def env_for(scenario: str) -> dict[str, str]:
@@ -70,7 +71,7 @@ def prepare() -> None:
 def start_worker(scenario: str) -> subprocess.Popen[bytes]:
     app = "scheduler_site" if scenario == "platform" else "bench.baseline_app"
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", app, "worker", "-c", "2", "-l", LOGLEVEL,
+        [sys.executable, "-m", "celery", "-A", app, "worker", "-c", CONCURRENCY, "-l", LOGLEVEL,
          "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"bench-{scenario}@%h"],
         cwd=ROOT,
         env=env_for(scenario),
