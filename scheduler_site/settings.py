@@ -244,6 +244,10 @@ CELERY_DB_REUSE_MAX = 1_000_000
 RUN_DISPATCH_INTERVAL = env_number("RUN_DISPATCH_INTERVAL", 0.5, minimum=0.01)
 # Largest JSON result a handler may return, in bytes.
 RUN_RESULT_MAX_BYTES = int(env_number("RUN_RESULT_MAX_BYTES", 1024 * 1024, minimum=1))
+# A schedule's instant later than this (s) when fired counts as missed (misfire policy).
+SCHEDULE_MISFIRE_GRACE = env_number("SCHEDULE_MISFIRE_GRACE", 60, minimum=0)
+# The most missed instants a catch_up schedule fires at once.
+SCHEDULE_CATCH_UP_MAX = int(env_number("SCHEDULE_CATCH_UP_MAX", 100, minimum=1))
 # Hosts builtin.http may reach; empty means none.
 BUILTIN_HTTP_ALLOWED_HOSTS = env_list("BUILTIN_HTTP_ALLOWED_HOSTS", [])
 

@@ -12,9 +12,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from tasks_app import handlers
+from tasks_app import handlers, scheduling, timing
 from tasks_app.lifecycle import Actor, InvalidTransition
-from tasks_app.models import Run, RunEvent, RunLog, Task
+from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task
 from tasks_app.querysets import RunRequest
 
 
@@ -168,3 +168,79 @@ class RunAdmin(admin.ModelAdmin):
     @admin.display(description="error")
     def error_pretty(self, run: Run) -> str:
         return _pretty(run.error)
+
+
+class ScheduleForm(forms.ModelForm):
+    class Meta:
+        model = Schedule
+        fields = [
+            "task",
+            "cron",
+            "interval_seconds",
+            "run_at",
+            "timezone",
+            "args",
+            "kwargs",
+            "start_at",
+            "end_at",
+            "misfire_policy",
+            "enabled",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        kinds = [k for k in ("cron", "interval_seconds", "run_at") if data.get(k) not in (None, "")]
+        if len(kinds) != 1:
+            raise forms.ValidationError("Give exactly one of cron, interval_seconds and run_at.")
+        try:
+            timing.zone(data.get("timezone") or "UTC")
+            if data.get("cron"):
+                timing.normalise_cron(data["cron"])
+        except timing.InvalidSchedule as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return data
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):
+    form = ScheduleForm
+    list_display = ["id", "task", "kind_text", "enabled", "misfire_policy", "next_fire_at", "last_fired_at"]
+    list_filter = ["enabled", "misfire_policy", "task"]
+    list_select_related = ["task"]
+    readonly_fields = ["next_fire_at", "last_fired_at", "periodic_task"]
+    actions = ["pause", "resume", "trigger"]
+
+    def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        scheduling.mirror(obj)
+
+    def delete_model(self, request: HttpRequest, obj: Schedule) -> None:
+        if obj.periodic_task_id:
+            obj.periodic_task.delete()
+        super().delete_model(request, obj)
+
+    @admin.action(description="Pause selected schedules", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        self._set_enabled(request, queryset, False)
+
+    @admin.action(description="Resume selected schedules", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        self._set_enabled(request, queryset, True)
+
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Schedule], enabled: bool) -> None:
+        changed = 0
+        for schedule in queryset.filter(enabled=not enabled):
+            Schedule.objects.filter(pk=schedule.pk).update(enabled=enabled)
+            schedule.enabled = enabled
+            scheduling.mirror(schedule)
+            changed += 1
+        self.message_user(request, f"{'Resumed' if enabled else 'Paused'} {changed} schedule(s).")
+
+    @admin.action(description="Fire selected schedules now", permissions=["change"])
+    def trigger(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        schedules = [s for s in queryset.select_related("task") if s.task.enabled]
+        runs = Run.objects.submit_many(
+            [RunRequest(task=s.task, trigger="manual", schedule=s, **s.fire_kwargs()) for s in schedules],
+            by=request.user.get_username(),
+        )
+        self.message_user(request, f"Submitted {len(runs)} run(s).")

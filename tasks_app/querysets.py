@@ -3,9 +3,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from django.apps import apps
+from django.conf import settings
 from django.db import IntegrityError, connections, models, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -14,9 +17,10 @@ from tasks_app import dispatch
 from tasks_app.lifecycle import ACTIVE_STATES, Actor, RunState, Trigger
 
 if TYPE_CHECKING:
-    from tasks_app.models import Run, Task
+    from tasks_app.models import Run, Schedule, Task
 
 S = RunState
+logger = logging.getLogger(__name__)
 
 
 class IdempotencyConflict(Exception):
@@ -40,6 +44,7 @@ class RunRequest:
     run_at: dt.datetime | None = None
     idempotency_key: str | None = None
     trigger: str = Trigger.API
+    schedule: Schedule | None = None
     scheduled_for: dt.datetime | None = None
 
     def fingerprint(self) -> str:
@@ -135,7 +140,9 @@ class RunQuerySet(models.QuerySet):
             raise IdempotencyConflict(existing)
         return existing
 
-    def submit_many(self, requests: list[RunRequest], *, by: str = "") -> list[Run]:
+    def submit_many(
+        self, requests: list[RunRequest], *, by: str = "", now: dt.datetime | None = None
+    ) -> list[Run]:
         """Create runs in one INSERT; those due now are published after it commits.
 
         The insert trigger (migration 0002) records each run's "submitted" event and,
@@ -145,7 +152,7 @@ class RunQuerySet(models.QuerySet):
         from tasks_app.models.runs import move_fields
 
         Run = self.model
-        now = timezone.now()
+        now = now or timezone.now()
         actor = Actor.SCHEDULE if requests and requests[0].trigger == Trigger.SCHEDULE else Actor.USER
         runs = []
         for request in requests:
@@ -160,6 +167,7 @@ class RunQuerySet(models.QuerySet):
                     priority=task.priority if request.priority is None else request.priority,
                     idempotency_key=request.idempotency_key or None,
                     request_fingerprint=request.fingerprint() if request.idempotency_key else "",
+                    schedule=request.schedule,
                     scheduled_for=request.scheduled_for,
                     due_at=request.run_at if later else None,
                     dispatches=0 if later else 1,
@@ -210,3 +218,85 @@ class RunQuerySet(models.QuerySet):
             runs = list(self.select_related("task").filter(pk__in=[pk for pk, _state in due]))
             transaction.on_commit(lambda: dispatch.publish(runs))
         return len(runs)
+
+
+class ScheduleQuerySet(models.QuerySet):
+    def fire_due(self, now: dt.datetime | None = None, limit: int = 500) -> int:
+        """Fire every enabled schedule whose next instant has come; returns runs created.
+
+        Due schedules are claimed with SELECT ... FOR UPDATE SKIP LOCKED, so any number
+        of beat processes can run this at once: each schedule is fired by one of them,
+        and the run table's unique (schedule, scheduled_for) makes a second run for the
+        same instant impossible anyway. Instants missed by more than
+        SCHEDULE_MISFIRE_GRACE follow the schedule's misfire policy.
+        """
+        from tasks_app.models.schedules import RECOMPUTE, MisfirePolicy
+
+        now = now or timezone.now()
+        grace = dt.timedelta(seconds=settings.SCHEDULE_MISFIRE_GRACE)
+        cap = settings.SCHEDULE_CATCH_UP_MAX
+        with transaction.atomic():
+            due = list(
+                self.select_for_update(skip_locked=True)
+                .filter(enabled=True, next_fire_at__lte=now)
+                .order_by("next_fire_at")[:limit]
+            )
+            # Tasks are read apart, unlocked: a join would lock them and skip their schedules.
+            tasks = apps.get_model("tasks_app", "Task").objects.in_bulk({s.task_id for s in due})
+            requests: list[RunRequest] = []
+            for schedule in due:
+                schedule.task = tasks[schedule.task_id]
+                if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
+                    requests += self._fires_of(schedule, now, grace, cap, MisfirePolicy)
+                schedule.next_fire_at = schedule.next_after(now)
+            self.bulk_update(due, ["next_fire_at", "last_fired_at"])
+            fired = {(r.schedule.pk, r.scheduled_for) for r in requests}
+            if fired:
+                Run = apps.get_model("tasks_app", "Run")
+                done = set(
+                    Run.objects.filter(
+                        schedule__in={pk for pk, _at in fired}, scheduled_for__in={at for _pk, at in fired}
+                    ).values_list("schedule_id", "scheduled_for")
+                )
+                requests = [r for r in requests if (r.schedule.pk, r.scheduled_for) not in done]
+                Run.objects.submit_many(requests, by="scheduler", now=now)
+        return len(requests)
+
+    @staticmethod
+    def _fires_of(schedule: Schedule, now: dt.datetime, grace: dt.timedelta, cap: int, policy: Any) -> list:
+        instants = [schedule.next_fire_at]
+        instants += [
+            i
+            for i in schedule.timer().between(schedule.next_fire_at, now, cap + 1)
+            if not schedule.end_at or i <= schedule.end_at
+        ]
+        on_time = [i for i in instants if now - i <= grace]
+        missed = [i for i in instants if now - i > grace]
+        if missed and schedule.misfire_policy == policy.RUN_ONCE:
+            on_time = [missed[-1], *on_time]
+        elif missed and schedule.misfire_policy == policy.CATCH_UP:
+            on_time = missed[:cap] + on_time
+        if missed:
+            logger.warning(
+                "schedule %s missed %s%d instant(s) from %s: %s",
+                schedule.pk,
+                "at least " if len(instants) > cap else "",
+                len(missed),
+                missed[0].isoformat(),
+                schedule.misfire_policy,
+            )
+        if not on_time or not schedule.task.enabled:
+            return []
+        schedule.last_fired_at = now
+        base = schedule.fire_kwargs()
+        return [
+            RunRequest(
+                task=schedule.task,
+                args=base["args"],
+                kwargs=base["kwargs"],
+                trigger=Trigger.SCHEDULE,
+                schedule=schedule,
+                scheduled_for=instant,
+            )
+            for instant in on_time
+        ]

@@ -1,42 +1,108 @@
 """Beat integration: the platform's scheduler, Celery beat's default here.
 
-It is django-celery-beat's DatabaseScheduler (PeriodicTask rows stay the source of
-periodic entries, visible in its admin) plus, on every tick, the sending of runs
-that have become due: a `run_at` reached, or a retry's backoff over.
+It is django-celery-beat's DatabaseScheduler (PeriodicTask rows stay a source of
+periodic entries, visible in its admin) plus, on every tick:
+- firing the platform's schedules that are due (ScheduleQuerySet.fire_due), claimed in
+  the database so any number of beats can run at once;
+- sending runs that have become due: a `run_at` reached, a retry's backoff over.
+
+Each platform Schedule is mirrored as a PeriodicTask (with its crontab, interval or
+clocked schedule) so django-celery-beat's admin and tools see it; the mirror is never
+sent by beat itself, the platform fires it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+)
 from django_celery_beat.schedulers import DatabaseScheduler
 
 logger = logging.getLogger(__name__)
 
-DISPATCH_BATCH = 500
+BATCH = 500
+MIRROR_TASK = "tasks_app.schedule"  # a name only: the platform fires these, never beat
 
 
 class PlatformScheduler(DatabaseScheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = super().tick(*args, **kwargs)
-        sent = self.dispatch_due_runs()
-        if sent >= DISPATCH_BATCH:
+        busy = self.platform_tick()
+        if busy:
             return 0  # more are waiting: go again at once
         return min(interval, settings.RUN_DISPATCH_INTERVAL)
 
-    def dispatch_due_runs(self) -> int:
-        from tasks_app.models import Run
+    def enabled_models_qs(self) -> Any:
+        # Mirrors of platform schedules are fired by platform_tick(), never sent as tasks.
+        return super().enabled_models_qs().exclude(task=MIRROR_TASK)
+
+    def platform_tick(self) -> bool:
+        """Fire due schedules and send due runs; True when a batch was full."""
+        from tasks_app.models import Run, Schedule
 
         close_old_connections()
-        try:
-            sent = Run.objects.dispatch_due(limit=DISPATCH_BATCH)
-        except Exception:
-            # A database outage must not stop beat: try again next tick.
-            logger.exception("could not send due runs")
-            return 0
-        if sent:
-            logger.info("sent %d due run(s)", sent)
-        return sent
+        busy = False
+        for name, step in (
+            ("fire due schedules", Schedule.objects.fire_due),
+            ("send due runs", Run.objects.dispatch_due),
+        ):
+            try:
+                done = step(limit=BATCH)
+            except Exception:
+                # A database outage must not stop beat: try again next tick.
+                logger.exception("could not %s", name)
+                continue
+            if done:
+                logger.info("%s: %d", name, done)
+            busy = busy or done >= BATCH
+        return busy
+
+
+def mirror(schedule: Any) -> None:
+    """Create or update the PeriodicTask that shows `schedule` to django-celery-beat."""
+    kinds: dict[str, Any] = {"crontab": None, "interval": None, "clocked": None}
+    if schedule.cron:
+        fields = schedule.timer().fields[-5:]  # django-celery-beat has no seconds field
+        kinds["crontab"], _ = CrontabSchedule.objects.get_or_create(
+            minute=fields[0],
+            hour=fields[1],
+            day_of_month=fields[2],
+            month_of_year=fields[3],
+            day_of_week=fields[4],
+            timezone=schedule.timezone,
+        )
+    elif schedule.interval_seconds:
+        kinds["interval"], _ = IntervalSchedule.objects.get_or_create(
+            every=schedule.interval_seconds, period=IntervalSchedule.SECONDS
+        )
+    else:
+        kinds["clocked"], _ = ClockedSchedule.objects.get_or_create(clocked_time=schedule.run_at)
+    values = {
+        **kinds,
+        "task": MIRROR_TASK,
+        "kwargs": json.dumps({"schedule": schedule.pk}),
+        "enabled": schedule.enabled,
+        "one_off": bool(schedule.run_at),
+        "start_time": schedule.start_at,
+        "expires": schedule.end_at,
+        "description": (
+            f"Platform schedule {schedule.pk} of task {schedule.task.name}: {schedule.description()}. "
+            "Fired by tasks_app.scheduling.PlatformScheduler, not by this entry."
+        ),
+    }
+    with transaction.atomic():
+        if schedule.periodic_task_id:
+            PeriodicTask.objects.filter(pk=schedule.periodic_task_id).update(**values)
+        else:
+            task = PeriodicTask.objects.create(name=f"platform schedule {schedule.pk}", **values)
+            type(schedule).objects.filter(pk=schedule.pk).update(periodic_task=task)
+            schedule.periodic_task = task

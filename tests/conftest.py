@@ -108,7 +108,10 @@ def _client(user: User | None) -> APIClient:
 
 @pytest.fixture
 def owner(db: Any) -> User:
-    return _user("owner", "add_task", "change_task", "delete_task", "add_run", "change_run", "delete_run")
+    return _user(
+        "owner",
+        *(f"{verb}_{model}" for model in ("task", "run", "schedule") for verb in ("add", "change", "delete")),
+    )
 
 
 @pytest.fixture

@@ -72,3 +72,36 @@ def test_run_state_cannot_be_edited_in_the_admin(admin_client, task, make_run) -
     run = make_run(task, RunState.PENDING)
     admin_client.post(f"/admin/tasks_app/run/{run.pk}/change/", {"state": "completed"})
     assert Run.objects.get(pk=run.pk).state == RunState.PENDING
+
+
+def test_schedule_pages_render_and_actions_work(admin_client, task, broker) -> None:
+    from tasks_app.models import Schedule
+
+    schedule = Schedule.objects.create(task=task, cron="*/5 * * * *", timezone="Europe/Berlin")
+    assert admin_client.get("/admin/tasks_app/schedule/").status_code == 200
+    assert admin_client.get(f"/admin/tasks_app/schedule/{schedule.pk}/change/").status_code == 200
+
+    admin_client.post("/admin/tasks_app/schedule/", {"action": "pause", "_selected_action": [schedule.pk]})
+    assert Schedule.objects.get(pk=schedule.pk).enabled is False
+    admin_client.post("/admin/tasks_app/schedule/", {"action": "trigger", "_selected_action": [schedule.pk]})
+    assert Run.objects.get().trigger == "manual"
+
+
+def test_schedule_form_refuses_two_kinds_and_bad_cron(admin_client, task) -> None:
+    from tasks_app.models import Schedule
+
+    base = {
+        "task": task.pk,
+        "timezone": "UTC",
+        "args": "null",
+        "kwargs": "{}",
+        "misfire_policy": "skip",
+        "enabled": "on",
+    }
+    two = admin_client.post(
+        "/admin/tasks_app/schedule/add/", {**base, "cron": "* * * * *", "interval_seconds": 5}
+    )
+    bad = admin_client.post("/admin/tasks_app/schedule/add/", {**base, "cron": "99 * * * *"})
+    assert "exactly one" in two.content.decode()
+    assert "invalid cron" in bad.content.decode()
+    assert not Schedule.objects.exists()

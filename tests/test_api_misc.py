@@ -97,3 +97,10 @@ def test_metrics_need_a_signed_in_user(anonymous) -> None:
 @pytest.mark.parametrize("path", ["/api/v1/nothing/", "/api/v1/tasks/x/y/"])
 def test_unknown_paths_are_404(reader, path) -> None:
     assert reader.get(path).status_code == 404
+
+
+def test_openapi_schema_is_valid_and_complete(tmp_path) -> None:
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))
+    assert "/api/v1/schedules/preview/" in (tmp_path / "schema.yml").read_text()

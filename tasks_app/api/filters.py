@@ -13,9 +13,9 @@ class RunFilter(django_filters.FilterSet):
     state = django_filters.MultipleChoiceFilter(choices=RunState.choices)
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
-    # Schedules and workflows come with their own models; until then no run has one,
-    # so filtering on either finds nothing (rather than ignoring the filter).
-    schedule = django_filters.NumberFilter(method="nothing_yet")
+    schedule = django_filters.NumberFilter(field_name="schedule_id")
+    # Workflows come with their own models; until then no run has one, so filtering
+    # on it finds nothing (rather than ignoring the filter).
     workflow_run = django_filters.NumberFilter(method="nothing_yet")
 
     class Meta:

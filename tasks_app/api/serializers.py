@@ -7,8 +7,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app import handlers
-from tasks_app.models import Run, RunEvent, RunLog, Task
+from tasks_app import handlers, timing
+from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task
 from tasks_app.models.tasks import PRIORITY_MAX
 from tasks_app.querysets import RunRequest
 
@@ -59,8 +59,8 @@ class TaskSerializer(serializers.ModelSerializer):
 
 class RunSerializer(serializers.ModelSerializer):
     task = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    schedule = serializers.SerializerMethodField()
     workflow_run = serializers.SerializerMethodField()
+    lateness = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
@@ -77,6 +77,7 @@ class RunSerializer(serializers.ModelSerializer):
             "idempotency_key",
             "schedule",
             "scheduled_for",
+            "lateness",
             "workflow_run",
             "step",
             "worker",
@@ -90,11 +91,12 @@ class RunSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    # Schedules and workflows arrive with their own models; until then no run has one.
-    @extend_schema_field(OpenApiTypes.INT)
-    def get_schedule(self, run: Run) -> int | None:
-        return None
+    @extend_schema_field(OpenApiTypes.FLOAT)
+    def get_lateness(self, run: Run) -> float | None:
+        """Seconds between the instant a schedule meant and the run's creation."""
+        return run.lateness.total_seconds() if run.lateness is not None else None
 
+    # Workflows arrive with their own models; until then no run has one.
     @extend_schema_field(OpenApiTypes.INT)
     def get_workflow_run(self, run: Run) -> int | None:
         return None
@@ -144,3 +146,112 @@ class BulkSubmitSerializer(serializers.Serializer):
     runs = serializers.ListField(
         child=RunSubmitSerializer(), min_length=1, max_length=BULK_MAX, allow_empty=False
     )
+
+
+KINDS = ("cron", "interval_seconds", "run_at")
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    task = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Task.objects.all(),
+        error_messages={"does_not_exist": "No task named {value!r}."},
+    )
+    workflow = serializers.CharField(required=False, allow_null=True, write_only=True)
+    cron = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=200)
+    args = serializers.ListField(required=False, allow_null=True)
+    kwargs = serializers.DictField(required=False)
+    description = serializers.SerializerMethodField()
+    next_runs = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Schedule
+        fields = [
+            "id",
+            "task",
+            "workflow",
+            "cron",
+            "interval_seconds",
+            "run_at",
+            "timezone",
+            "args",
+            "kwargs",
+            "start_at",
+            "end_at",
+            "misfire_policy",
+            "enabled",
+            "description",
+            "next_runs",
+            "last_fired_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["last_fired_at", "created_at", "updated_at"]
+
+    def validate_workflow(self, value: str | None) -> None:
+        if value:
+            raise serializers.ValidationError("Workflows are not available yet: schedule a task.")
+
+    def validate_timezone(self, value: str) -> str:
+        try:
+            timing.zone(value)
+        except timing.InvalidSchedule as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return value
+
+    def validate_cron(self, value: str | None) -> str:
+        if not value:
+            return ""
+        try:
+            timing.normalise_cron(value)
+        except timing.InvalidSchedule as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return " ".join(value.split())
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs.pop("workflow", None)
+        given = [kind for kind in KINDS if attrs.get(kind) not in (None, "")]
+        if len(given) > 1:
+            raise serializers.ValidationError(
+                {kind: "Give exactly one of cron, interval_seconds and run_at." for kind in given}
+            )
+        if self.instance is not None and given:
+            # Setting one kind on an existing schedule switches it to that kind.
+            attrs.update({kind: ("" if kind == "cron" else None) for kind in KINDS if kind not in given})
+        merged = {kind: attrs.get(kind, getattr(self.instance, kind, None)) for kind in KINDS}
+        if not any(merged[kind] not in (None, "") for kind in KINDS):
+            raise serializers.ValidationError({"cron": "Give one of cron, interval_seconds and run_at."})
+        attrs["cron"] = merged["cron"] or ""
+        start = attrs.get("start_at", getattr(self.instance, "start_at", None))
+        end = attrs.get("end_at", getattr(self.instance, "end_at", None))
+        if start and end and end <= start:
+            raise serializers.ValidationError({"end_at": "Must be after start_at."})
+        if (
+            "interval_seconds" in attrs
+            and attrs["interval_seconds"] is not None
+            and attrs["interval_seconds"] < 1
+        ):
+            raise serializers.ValidationError({"interval_seconds": "Must be at least 1 second."})
+        return attrs
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_description(self, schedule: Schedule) -> str:
+        return schedule.description()
+
+    @extend_schema_field({"type": "array", "items": {"type": "string", "format": "date-time"}})
+    def get_next_runs(self, schedule: Schedule) -> list[str]:
+        return [fire.isoformat() for fire in schedule.upcoming(5)] if schedule.enabled else []
+
+
+class SchedulePreviewSerializer(serializers.Serializer):
+    cron = serializers.CharField(max_length=200)
+    timezone = serializers.CharField(default="UTC", max_length=64)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            cron = timing.Cron(attrs["cron"], attrs["timezone"])
+        except timing.InvalidSchedule as exc:
+            field = "timezone" if "time zone" in str(exc) else "cron"
+            raise serializers.ValidationError({field: str(exc)}) from None
+        attrs["timer"] = cron
+        return attrs

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from rest_framework.routers import DefaultRouter
 
-from tasks_app.api.views import HandlerViewSet, RunViewSet, TaskViewSet
+from tasks_app.api.views import HandlerViewSet, RunViewSet, ScheduleViewSet, TaskViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.register("handlers", HandlerViewSet, basename="handler")
 router.register("tasks", TaskViewSet, basename="task")
 router.register("runs", RunViewSet, basename="run")
+router.register("schedules", ScheduleViewSet, basename="schedule")
 
 urlpatterns = router.urls

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -11,7 +13,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tasks_app import handlers
+from tasks_app import handlers, scheduling, timing
 from tasks_app.api.errors import Conflict
 from tasks_app.api.filters import RunFilter
 from tasks_app.api.pagination import OldestFirstCursorPagination
@@ -22,10 +24,14 @@ from tasks_app.api.serializers import (
     RunLogSerializer,
     RunSerializer,
     RunSubmitSerializer,
+    SchedulePreviewSerializer,
+    ScheduleSerializer,
     TaskSerializer,
     request_of,
 )
-from tasks_app.models import Run, Task
+from tasks_app.lifecycle import Trigger
+from tasks_app.models import Run, Schedule, Task
+from tasks_app.querysets import RunRequest
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -157,3 +163,88 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         return self._control(request, "retry")
+
+
+class ScheduleViewSet(viewsets.ModelViewSet):
+    queryset = Schedule.objects.all()
+    serializer_class = ScheduleSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    change_actions = ("pause", "resume", "trigger")
+
+    def get_queryset(self) -> Any:
+        return Schedule.objects.select_related("task")
+
+    def get_permissions(self) -> Any:
+        if self.action == "preview":  # writes nothing
+            return [IsAuthenticated()]
+        return super().get_permissions()
+
+    def perform_create(self, serializer: ScheduleSerializer) -> None:
+        with transaction.atomic():
+            schedule = serializer.save()
+            scheduling.mirror(schedule)
+
+    def perform_update(self, serializer: ScheduleSerializer) -> None:
+        with transaction.atomic():
+            schedule = serializer.save()
+            scheduling.mirror(schedule)
+
+    def perform_destroy(self, instance: Schedule) -> None:
+        with transaction.atomic():
+            if instance.periodic_task_id:
+                instance.periodic_task.delete()
+            instance.delete()
+
+    def _set_enabled(self, enabled: bool) -> Response:
+        schedule = self.get_object()
+        with transaction.atomic():
+            if not Schedule.objects.filter(pk=schedule.pk, enabled=not enabled).update(enabled=enabled):
+                state = "paused" if not enabled else "enabled"
+                raise Conflict(f"Schedule {schedule.pk} is already {state}.")
+            schedule.refresh_from_db()
+            scheduling.mirror(schedule)
+        return Response(ScheduleSerializer(schedule).data)
+
+    @extend_schema(request=None, responses=ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str) -> Response:
+        return self._set_enabled(False)
+
+    @extend_schema(request=None, responses=ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str) -> Response:
+        return self._set_enabled(True)
+
+    @extend_schema(request=None, responses={201: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def trigger(self, request: Request, pk: str) -> Response:
+        """Fire once now: a run with trigger=manual, whatever the schedule's timing."""
+        schedule = self.get_object()
+        _ensure_enabled(schedule.task)
+        base = schedule.fire_kwargs()
+        run, _ = Run.objects.submit(
+            RunRequest(task=schedule.task, trigger=Trigger.MANUAL, schedule=schedule, **base),
+            by=actor_name(request),
+        )
+        return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=SchedulePreviewSerializer,
+        responses=inline_serializer(
+            "SchedulePreview",
+            {
+                "description": serializers.CharField(),
+                "next_runs": serializers.ListField(child=serializers.DateTimeField()),
+            },
+        ),
+    )
+    @action(detail=False, methods=["post"])
+    def preview(self, request: Request) -> Response:
+        preview = SchedulePreviewSerializer(data=request.data)
+        preview.is_valid(raise_exception=True)
+        timer = preview.validated_data["timer"]
+        fires, current = [], timezone.now()
+        for _ in range(5):
+            current = timer.next_after(current)
+            fires.append(current.isoformat())
+        return Response({"description": timing.describe(preview.validated_data["cron"]), "next_runs": fires})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from tasks_app.models.runs import Run, RunEvent, RunLog
+from tasks_app.models.schedules import MisfirePolicy, Schedule
 from tasks_app.models.tasks import ConcurrencyPolicy, Task
 
-__all__ = ["ConcurrencyPolicy", "Run", "RunEvent", "RunLog", "Task"]
+__all__ = ["ConcurrencyPolicy", "MisfirePolicy", "Run", "RunEvent", "RunLog", "Schedule", "Task"]

@@ -83,6 +83,10 @@ class Run(models.Model):
     # NULL, not "", for runs without a key: the unique constraint ignores NULLs.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_fingerprint = models.CharField(max_length=64, blank=True)
+    schedule = models.ForeignKey(
+        "tasks_app.Schedule", on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    # The instant a schedule meant this run for; lateness is created_at - scheduled_for.
     scheduled_for = models.DateTimeField(null=True, blank=True)
     step = models.CharField(max_length=200, blank=True)
     # When a created or retrying run is next due to be sent (run_at, or backoff end).
@@ -111,6 +115,10 @@ class Run(models.Model):
             models.UniqueConstraint(
                 fields=["task", "idempotency_key"], name="run_unique_idempotency_key_per_task"
             ),
+            # Exactly once: however many schedulers run, one run per schedule and instant.
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_for"], name="run_one_per_schedule_instant"
+            ),
             models.CheckConstraint(condition=Q(state__in=RunState.values), name="run_state_valid"),
             models.CheckConstraint(
                 condition=(
@@ -133,6 +141,13 @@ class Run(models.Model):
     @property
     def message_id(self) -> str:
         return f"{self.pk}.{self.dispatches}"
+
+    @property
+    def lateness(self) -> dt.timedelta | None:
+        """How late a scheduled run was fired: created_at - scheduled_for."""
+        if self.scheduled_for is None:
+            return None
+        return self.created_at - self.scheduled_for
 
     @property
     def duration(self) -> dt.timedelta | None:

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone as clock
+
+from tasks_app import timing
+from tasks_app.querysets import ScheduleQuerySet
+
+# A next_fire_at this old means "recompute me": migration 0003's trigger sets it when
+# an UPDATE changes a schedule's timing, so even a bulk update() is picked up.
+RECOMPUTE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+TIMING_FIELDS = ("cron", "interval_seconds", "run_at", "timezone", "start_at", "end_at", "enabled")
+
+
+class MisfirePolicy(models.TextChoices):
+    SKIP = "skip", "fire nothing for instants missed while no scheduler ran"
+    RUN_ONCE = "run_once", "fire one run now for all the missed instants"
+    CATCH_UP = "catch_up", "fire each missed instant (up to SCHEDULE_CATCH_UP_MAX)"
+
+
+class Schedule(models.Model):
+    """When a task runs by itself. Each fire is a Run with trigger=schedule.
+
+    Mirrored as a django-celery-beat PeriodicTask (so its admin and tools see it);
+    what that model lacks (seconds, misfire policy, next fire time) lives here.
+    """
+
+    task = models.ForeignKey("tasks_app.Task", on_delete=models.CASCADE, related_name="schedules")
+    cron = models.CharField(max_length=200, blank=True)
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    run_at = models.DateTimeField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    args = models.JSONField(null=True, blank=True, help_text="None: the task's args.")
+    kwargs = models.JSONField(default=dict, blank=True, help_text="Override the task's kwargs.")
+    start_at = models.DateTimeField(null=True, blank=True)
+    end_at = models.DateTimeField(null=True, blank=True)
+    misfire_policy = models.CharField(
+        max_length=10, choices=MisfirePolicy.choices, default=MisfirePolicy.SKIP
+    )
+    enabled = models.BooleanField(default=True)
+    # The next instant to fire; None once it never fires again.
+    next_fire_at = models.DateTimeField(null=True, blank=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="platform_schedule",
+    )
+    created_at = models.DateTimeField(default=clock.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ScheduleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    (~Q(cron="") & Q(interval_seconds__isnull=True) & Q(run_at__isnull=True))
+                    | (Q(cron="") & Q(interval_seconds__isnull=False) & Q(run_at__isnull=True))
+                    | (Q(cron="") & Q(interval_seconds__isnull=True) & Q(run_at__isnull=False))
+                ),
+                name="schedule_exactly_one_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(interval_seconds__isnull=True) | Q(interval_seconds__gte=1),
+                name="schedule_interval_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(start_at__isnull=True) | Q(end_at__isnull=True) | Q(end_at__gt=F("start_at")),
+                name="schedule_ends_after_it_starts",
+            ),
+        ]
+        indexes = [
+            # ScheduleQuerySet.fire_due(): enabled schedules whose next fire has come.
+            models.Index(fields=["enabled", "next_fire_at"], name="schedule_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"schedule {self.pk} of {self.task_id}: {self.kind_text}"
+
+    @property
+    def kind_text(self) -> str:
+        if self.cron:
+            return f"cron {self.cron} ({self.timezone})"
+        if self.interval_seconds:
+            return f"every {self.interval_seconds}s"
+        return f"once at {self.run_at}"
+
+    def timer(self) -> timing.Cron | timing.Interval | timing.Once:
+        """The schedule's arithmetic; raises timing.InvalidSchedule."""
+        if self.cron:
+            return timing.Cron(self.cron, self.timezone)
+        if self.interval_seconds:
+            return timing.Interval(self.interval_seconds, self.start_at or self.created_at)
+        if self.run_at:
+            return timing.Once(self.run_at)
+        raise timing.InvalidSchedule("a schedule needs one of cron, interval_seconds or run_at")
+
+    def next_after(self, instant: dt.datetime) -> dt.datetime | None:
+        """The first fire strictly after `instant`, within start_at and end_at; None if none."""
+        if self.start_at and instant < self.start_at:
+            instant = self.start_at - dt.timedelta(microseconds=1)
+        fire = self.timer().next_after(instant)
+        if fire is None or (self.end_at and fire > self.end_at):
+            return None
+        return fire
+
+    def upcoming(self, count: int = 5, after: dt.datetime | None = None) -> list[dt.datetime]:
+        fires: list[dt.datetime] = []
+        current = after or clock.now()
+        while len(fires) < count:
+            nxt = self.next_after(current)
+            if nxt is None:
+                break
+            fires.append(nxt)
+            current = nxt
+        return fires
+
+    def description(self) -> str:
+        if self.cron:
+            return timing.describe(self.cron)
+        if self.interval_seconds:
+            return f"Every {self.interval_seconds} seconds"
+        return f"Once, at {self.run_at.isoformat() if self.run_at else '?'}"
+
+    def fire_kwargs(self) -> dict[str, Any]:
+        return {"args": self.args, "kwargs": dict(self.kwargs or {})}

@@ -1,0 +1,178 @@
+"""When schedules fire: cron (five fields, six with leading seconds, @macros), intervals
+and single instants, in the schedule's IANA time zone, across daylight-saving changes.
+
+croniter does the cron arithmetic on wall-clock times; this module turns wall times
+into instants the way cron users expect:
+- a wall time that does not exist that day (spring forward) fires once, at the first
+  instant after the gap;
+- a wall time that occurs twice (fall back) fires once, at its first occurrence,
+  unless the expression fires every hour (hour field `*` or a step), which keeps its
+  spacing in real time and fires at both;
+- intervals are counted in real (UTC) time.
+All instants are aware datetimes in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterator
+
+from cron_descriptor import Options, get_description
+from croniter import croniter
+
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+UTC = dt.UTC
+# Far enough to cover any daylight-saving shift (they are at most two hours).
+_DST_MARGIN = dt.timedelta(hours=3)
+
+
+class InvalidSchedule(ValueError):
+    """An expression, zone or timing that cannot be scheduled; the message says why."""
+
+
+def zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidSchedule(
+            f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)"
+        ) from None
+
+
+def normalise_cron(expression: str) -> str:
+    """The expression with a macro expanded and spaces folded; raises InvalidSchedule."""
+    text = " ".join(str(expression).split())
+    text = MACROS.get(text.lower(), text)
+    fields = text.split(" ")
+    if len(fields) not in (5, 6):
+        raise InvalidSchedule(
+            f"a cron expression has 5 fields (minute hour day month weekday), 6 with a leading "
+            f"seconds field, or is one of {', '.join(sorted(MACROS))}; got {len(fields)} field(s)"
+        )
+    if not croniter.is_valid(text, second_at_beginning=len(fields) == 6):
+        raise InvalidSchedule(f"invalid cron expression {expression!r}")
+    return text
+
+
+def describe(expression: str) -> str:
+    """The expression in words, e.g. "At 02:30 AM, Monday through Friday"."""
+    options = Options()
+    options.use_24hour_time_format = True
+    return get_description(normalise_cron(expression), options)
+
+
+class Cron:
+    def __init__(self, expression: str, timezone: str = "UTC") -> None:
+        self.expression = normalise_cron(expression)
+        self.fields = self.expression.split(" ")
+        self.tz = zone(timezone)
+        hour = self.fields[2] if len(self.fields) == 6 else self.fields[1]
+        # Fires every hour (or more often): keep real-time spacing through a repeated hour.
+        self.hourly = hour == "*" or hour.startswith("*/")
+
+    def next_after(self, instant: dt.datetime) -> dt.datetime:
+        """The first fire strictly after `instant`."""
+        # Start from the earliest wall time `instant` can have: around a repeated hour
+        # a wall time before its own can still fire after it (the second time round).
+        offsets = {
+            (instant + shift).astimezone(self.tz).utcoffset()
+            for shift in (-_DST_MARGIN, dt.timedelta(0), _DST_MARGIN)
+        }
+        wall = (instant + min(offsets)).replace(tzinfo=None)
+        for candidate in self._instants_from(wall):
+            if candidate > instant:
+                return candidate
+        raise InvalidSchedule(f"{self.expression!r} never fires")  # pragma: no cover
+
+    def between(self, after: dt.datetime, until: dt.datetime, limit: int) -> list[dt.datetime]:
+        """Fires in (after, until], at most `limit` of them, oldest first."""
+        fires: list[dt.datetime] = []
+        current = after
+        while len(fires) < limit:
+            current = self.next_after(current)
+            if current > until:
+                break
+            fires.append(current)
+        return fires
+
+    def _instants_from(self, wall: dt.datetime) -> Iterator[dt.datetime]:
+        """Fire instants of the wall times after `wall`, in real-time order, each once.
+
+        The earliest instant of each wall time never decreases from one wall time to
+        the next; only a repeated hour's second instants come out of order, so each
+        instant is released once a wall time's earliest instant reaches it.
+        """
+        walls = croniter(self.expression, wall, second_at_beginning=len(self.fields) == 6)
+        pending: set[dt.datetime] = set()
+        released: dt.datetime | None = None
+        while True:
+            instants = self._instants_of(walls.get_next(dt.datetime))
+            pending.update(i for i in instants if released is None or i > released)
+            floor = min(instants)
+            while pending and min(pending) <= floor:
+                released = min(pending)
+                pending.remove(released)
+                yield released
+
+    def _instants_of(self, wall: dt.datetime) -> list[dt.datetime]:
+        first = wall.replace(tzinfo=self.tz, fold=0)
+        second = wall.replace(tzinfo=self.tz, fold=1)
+        first_utc, second_utc = first.astimezone(UTC), second.astimezone(UTC)
+        if first_utc == second_utc:
+            return [first_utc]
+        if first_utc < second_utc:  # the wall time occurs twice
+            return [first_utc, second_utc] if self.hourly else [first_utc]
+        # The wall time does not exist (second_utc < first_utc): the first instant after the gap.
+        return [_gap_end(self.tz, second_utc, first_utc)]
+
+
+def _gap_end(tz: dt.tzinfo, before: dt.datetime, after: dt.datetime) -> dt.datetime:
+    """The instant the clocks jump, found between two instants on either side of it."""
+    offset = before.astimezone(tz).utcoffset()
+    while after - before > dt.timedelta(seconds=1):
+        middle = before + (after - before) / 2
+        if middle.astimezone(tz).utcoffset() == offset:
+            before = middle
+        else:
+            after = middle
+    return after.replace(microsecond=0)
+
+
+class Interval:
+    def __init__(self, seconds: int, anchor: dt.datetime) -> None:
+        if seconds <= 0:
+            raise InvalidSchedule("interval_seconds must be at least 1")
+        self.step = dt.timedelta(seconds=seconds)
+        self.anchor = anchor.astimezone(UTC)
+
+    def next_after(self, instant: dt.datetime) -> dt.datetime:
+        if instant < self.anchor:
+            return self.anchor
+        return self.anchor + ((instant - self.anchor) // self.step + 1) * self.step
+
+    def between(self, after: dt.datetime, until: dt.datetime, limit: int) -> list[dt.datetime]:
+        fires, current = [], self.next_after(after)
+        while current <= until and len(fires) < limit:
+            fires.append(current)
+            current += self.step
+        return fires
+
+
+class Once:
+    def __init__(self, at: dt.datetime) -> None:
+        self.at = at.astimezone(UTC)
+
+    def next_after(self, instant: dt.datetime) -> dt.datetime | None:
+        return self.at if self.at > instant else None
+
+    def between(self, after: dt.datetime, until: dt.datetime, limit: int) -> list[dt.datetime]:
+        return [self.at] if after < self.at <= until and limit > 0 else []

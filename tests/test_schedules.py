@@ -1,0 +1,191 @@
+"""Firing schedules in the database, with a controlled clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import time_machine
+from django.db import IntegrityError, transaction
+
+from tasks_app.lifecycle import Trigger
+from tasks_app.models import Run, Schedule
+from tasks_app.models.schedules import RECOMPUTE
+from tasks_app.scheduling import MIRROR_TASK, PlatformScheduler
+
+UTC = dt.UTC
+T0 = dt.datetime(2026, 3, 2, 12, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def make_schedule(make_task):
+    def make(**fields) -> Schedule:
+        fields.setdefault("task", make_task())
+        with time_machine.travel(T0, tick=False):
+            schedule = Schedule.objects.create(**fields)
+        assert Schedule.objects.get(pk=schedule.pk).next_fire_at == RECOMPUTE  # the insert trigger
+        Schedule.objects.fire_due(now=T0)  # computes the first fire, fires nothing
+        schedule.refresh_from_db()
+        return schedule
+
+    return make
+
+
+def fire(now: dt.datetime) -> int:
+    return Schedule.objects.fire_due(now=now)
+
+
+def fired_for(schedule: Schedule) -> list[dt.datetime]:
+    return list(
+        Run.objects.filter(schedule=schedule)
+        .order_by("scheduled_for")
+        .values_list("scheduled_for", flat=True)
+    )
+
+
+def test_new_schedule_gets_its_first_fire_computed_without_firing(make_schedule) -> None:
+    schedule = make_schedule(cron="*/5 * * * *")
+    assert schedule.next_fire_at == at(300)
+    assert not Run.objects.exists()
+
+
+def test_due_schedule_fires_one_run_for_its_instant(make_schedule, broker) -> None:
+    schedule = make_schedule(cron="* * * * *", kwargs={"k": 1})
+
+    assert fire(at(59)) == 0
+    assert fire(at(60.4)) == 1
+
+    run = Run.objects.get()
+    assert (run.trigger, run.schedule_id, run.scheduled_for) == (Trigger.SCHEDULE, schedule.pk, at(60))
+    assert run.kwargs == {"k": 1}
+    assert run.lateness == dt.timedelta(seconds=0.4)
+    schedule.refresh_from_db()
+    assert (schedule.next_fire_at, schedule.last_fired_at) == (at(120), at(60.4))
+
+
+def test_firing_twice_at_the_same_time_makes_one_run(make_schedule, broker) -> None:
+    schedule = make_schedule(interval_seconds=10)
+    fire(at(10))
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=at(10))  # as a stale scheduler might see it
+    fire(at(10))
+    assert fired_for(schedule) == [at(10)]
+
+
+def test_database_refuses_a_second_run_for_the_same_instant(make_schedule, make_run) -> None:
+    schedule = make_schedule(interval_seconds=10)
+    make_run(schedule.task, schedule=schedule, scheduled_for=at(10))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        make_run(schedule.task, schedule=schedule, scheduled_for=at(10))
+
+
+def test_seconds_field_fires_every_few_seconds(make_schedule, broker) -> None:
+    schedule = make_schedule(cron="*/2 * * * * *")
+    for second in range(1, 9):
+        fire(at(second + 0.1))
+    assert fired_for(schedule) == [at(2), at(4), at(6), at(8)]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("skip", [at(600)]),  # nothing for the missed minutes; the current one fires
+        ("run_once", [at(540), at(600)]),  # one for all the missed, plus the current one
+        ("catch_up", [at(s) for s in range(60, 601, 60)]),
+    ],
+)
+def test_misfire_policy_after_the_schedulers_were_down(make_schedule, broker, policy, expected) -> None:
+    schedule = make_schedule(cron="* * * * *", misfire_policy=policy)
+
+    fire(at(600.5))  # ten minutes without a scheduler; 12:10 is on time
+
+    assert fired_for(schedule) == expected
+    assert Schedule.objects.get(pk=schedule.pk).next_fire_at == at(660)
+
+
+def test_catch_up_is_capped(make_schedule, broker, settings) -> None:
+    settings.SCHEDULE_CATCH_UP_MAX = 3
+    schedule = make_schedule(cron="* * * * *", misfire_policy="catch_up")
+    fire(at(3600.5))
+    assert fired_for(schedule) == [at(60), at(120), at(180)]
+
+
+def test_bulk_update_of_the_expression_takes_effect_by_the_next_tick(make_schedule, broker) -> None:
+    schedule = make_schedule(cron="0 * * * *")  # hourly: next 13:00
+    assert schedule.next_fire_at == at(3600)
+
+    Schedule.objects.filter(pk=schedule.pk).update(cron="*/10 * * * *")  # no save(), no signal
+    fire(at(1))  # recomputes
+    fire(at(600.2))
+
+    assert fired_for(schedule) == [at(600)]
+
+
+def test_paused_schedule_does_not_fire_and_resumes_from_now(make_schedule, broker) -> None:
+    schedule = make_schedule(cron="* * * * *", misfire_policy="catch_up")
+    Schedule.objects.filter(pk=schedule.pk).update(enabled=False)
+    fire(at(300.5))
+    assert fired_for(schedule) == []
+
+    Schedule.objects.filter(pk=schedule.pk).update(enabled=True)
+    fire(at(301))  # recompute: the minutes while paused are not caught up
+    fire(at(360.5))
+    assert fired_for(schedule) == [at(360)]
+
+
+def test_once_schedule_fires_once(make_schedule, broker) -> None:
+    schedule = make_schedule(run_at=at(30))
+    fire(at(30.1))
+    fire(at(90))
+    assert fired_for(schedule) == [at(30)]
+    assert Schedule.objects.get(pk=schedule.pk).next_fire_at is None
+
+
+def test_start_and_end_bound_the_fires(make_schedule, broker) -> None:
+    schedule = make_schedule(interval_seconds=60, start_at=at(120), end_at=at(240))
+    for minute in range(1, 7):
+        fire(at(minute * 60 + 0.1))
+    assert fired_for(schedule) == [at(120), at(180), at(240)]
+
+
+def test_schedule_of_a_disabled_task_fires_nothing(make_schedule, make_task, broker) -> None:
+    schedule = make_schedule(task=make_task(enabled=False), interval_seconds=60)
+    fire(at(60.1))
+    assert fired_for(schedule) == []
+    assert Schedule.objects.get(pk=schedule.pk).next_fire_at == at(120)
+
+
+def test_fire_uses_the_schedule_overrides_over_the_task_defaults(make_schedule, make_task, broker) -> None:
+    task = make_task(args=[1], kwargs={"a": 1, "b": 1})
+    schedule = make_schedule(task=task, interval_seconds=60, args=[2], kwargs={"b": 2})
+    fire(at(60))
+    run = Run.objects.get(schedule=schedule)
+    assert (run.args, run.kwargs) == ([2], {"a": 1, "b": 2})
+
+
+def test_many_due_schedules_fire_in_one_tick(make_task, broker) -> None:
+    task = make_task()
+    with time_machine.travel(T0, tick=False):
+        Schedule.objects.bulk_create([Schedule(task=task, cron="* * * * *") for _ in range(50)])
+    fire(T0)
+    assert fire(at(60.1)) == 50
+    assert Run.objects.filter(scheduled_for=at(60)).count() == 50
+
+
+def test_beat_never_sends_the_mirrors_of_platform_schedules(db) -> None:
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    every = IntervalSchedule.objects.create(every=10, period="seconds")
+    PeriodicTask.objects.create(name="mirror", task=MIRROR_TASK, interval=every)
+    PeriodicTask.objects.create(name="plain", task="celery.backend_cleanup", interval=every)
+
+    names = set(
+        PlatformScheduler.enabled_models_qs(PlatformScheduler.__new__(PlatformScheduler)).values_list(
+            "name", flat=True
+        )
+    )
+
+    assert names == {"plain"}
