@@ -248,6 +248,8 @@ RUN_RESULT_MAX_BYTES = int(env_number("RUN_RESULT_MAX_BYTES", 1024 * 1024, minim
 SCHEDULE_MISFIRE_GRACE = env_number("SCHEDULE_MISFIRE_GRACE", 60, minimum=0)
 # The most missed instants a catch_up schedule fires at once.
 SCHEDULE_CATCH_UP_MAX = int(env_number("SCHEDULE_CATCH_UP_MAX", 100, minimum=1))
+# Expiry of a task's concurrency lock (s); beat extends the locks of active runs.
+CONCURRENCY_LOCK_TTL = env_number("CONCURRENCY_LOCK_TTL", 60, minimum=3)
 # Hosts builtin.http may reach; empty means none.
 BUILTIN_HTTP_ALLOWED_HOSTS = env_list("BUILTIN_HTTP_ALLOWED_HOSTS", [])
 

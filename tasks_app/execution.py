@@ -20,7 +20,7 @@ from celery.signals import task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from tasks_app import handlers
+from tasks_app import concurrency, handlers
 from tasks_app.handlers import RunContext, RunInterrupted
 from tasks_app.lifecycle import InvalidTransition
 
@@ -118,11 +118,17 @@ def execute(run_id: int, dispatch: int, *, hostname: str) -> None:
     except SoftTimeLimitExceeded as exc:
         error = error_of(exc)
         error["message"] = f"soft time limit ({run.task.soft_time_limit}s) exceeded"
-        _record(run.fail, error, reason="timeout", hostname=hostname)
+        record, args, kwargs = run.fail, (error,), {"reason": "timeout"}
     except Exception as exc:
-        _record(run.fail_or_retry, error_of(exc), hostname=hostname)
+        record, args, kwargs = run.fail_or_retry, (error_of(exc),), {}
     else:
-        _record(run.complete, outcome, hostname=hostname)
+        record, args, kwargs = run.complete, (outcome,), {}
+    if not concurrency.holds(run):
+        # Its lock expired and a newer run took it: this one must not finish over it.
+        holder = concurrency.holder_of(run.task_id)
+        error = {"type": "LockLost", "message": f"run {holder} holds the task's lock now", "traceback": ""}
+        record, args, kwargs = run.fail, (error,), {"reason": "lost its concurrency lock to a newer run"}
+    _record(record, *args, hostname=hostname, **kwargs)
 
 
 def _record(method: Any, *args: Any, **kwargs: Any) -> None:

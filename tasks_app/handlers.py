@@ -118,6 +118,9 @@ class RunContext:
         self.handler = handler
         # The checkpoint an earlier attempt of this run left, or None.
         self.saved_checkpoint: Any = run.checkpoint
+        # The fencing token of the task's concurrency lock (None for `allow` tasks):
+        # pass it to what the handler writes, so a newer run's writes win.
+        self.fence: int | None = run.fence
         # Upstream workflow steps' results by step key (empty outside workflows).
         self.upstream: dict[str, Any] = upstream or {}
 

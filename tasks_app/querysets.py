@@ -13,8 +13,9 @@ from django.db import IntegrityError, connections, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from tasks_app import dispatch
+from tasks_app import concurrency, dispatch
 from tasks_app.lifecycle import ACTIVE_STATES, Actor, RunState, Trigger
+from tasks_app.models.tasks import ConcurrencyPolicy
 
 if TYPE_CHECKING:
     from tasks_app.models import Run, Schedule, Task
@@ -147,7 +148,8 @@ class RunQuerySet(models.QuerySet):
 
         The insert trigger (migration 0002) records each run's "submitted" event and,
         for a run due now, its move to pending in the same statement. A run with a
-        later run_at stays created until `dispatch_due()` sends it.
+        later run_at stays created until `dispatch_due()` sends it; one of a task with
+        a concurrency policy goes through `concurrency.gate()` after the commit.
         """
         from tasks_app.models.runs import move_fields
 
@@ -158,6 +160,8 @@ class RunQuerySet(models.QuerySet):
         for request in requests:
             task = request.task
             later = request.run_at is not None and request.run_at > now
+            # A task with a concurrency policy: its runs wait in created for the gate.
+            held = later or task.concurrency_policy != ConcurrencyPolicy.ALLOW
             runs.append(
                 Run(
                     task=task,
@@ -170,10 +174,10 @@ class RunQuerySet(models.QuerySet):
                     schedule=request.schedule,
                     scheduled_for=request.scheduled_for,
                     due_at=request.run_at if later else None,
-                    dispatches=0 if later else 1,
+                    dispatches=0 if held else 1,
                     created_at=now,
                     **move_fields(
-                        S.CREATED if later else S.PENDING,
+                        S.CREATED if held else S.PENDING,
                         at=now,
                         reason="submitted",
                         actor=actor,
@@ -186,7 +190,10 @@ class RunQuerySet(models.QuerySet):
         else:
             Run.objects.bulk_create(runs)
         due = [run for run in runs if run.state == S.PENDING]
+        gated = [run for run in runs if run.state == S.CREATED and run.due_at is None]
         transaction.on_commit(lambda: dispatch.publish(due))
+        if gated:
+            transaction.on_commit(lambda: concurrency.gate(gated))
         return runs
 
     def dispatch_due(self, now: dt.datetime | None = None, limit: int = 500) -> int:
@@ -210,6 +217,16 @@ class RunQuerySet(models.QuerySet):
             )
             if not due:
                 return 0
+            gated_ids = set(
+                self.filter(pk__in=[pk for pk, state in due if state == S.CREATED])
+                .exclude(task__concurrency_policy=ConcurrencyPolicy.ALLOW)
+                .values_list("pk", flat=True)
+            )
+            if gated_ids:
+                self.filter(pk__in=gated_ids).update(due_at=None)
+                gated = list(self.select_related("task").filter(pk__in=gated_ids))
+                transaction.on_commit(lambda: concurrency.gate(gated))
+                due = [(pk, state) for pk, state in due if pk not in gated_ids]
             moved = move_fields(S.PENDING, at=now, reason="due: sent to the broker", actor=Actor.SYSTEM)
             for source in {state for _pk, state in due}:
                 self.filter(pk__in=[pk for pk, state in due if state == source], state=source).update(
@@ -217,7 +234,7 @@ class RunQuerySet(models.QuerySet):
                 )
             runs = list(self.select_related("task").filter(pk__in=[pk for pk, _state in due]))
             transaction.on_commit(lambda: dispatch.publish(runs))
-        return len(runs)
+        return len(runs) + len(gated_ids)
 
 
 class ScheduleQuerySet(models.QuerySet):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
@@ -27,6 +28,8 @@ from django_celery_beat.models import (
 )
 from django_celery_beat.schedulers import DatabaseScheduler
 
+from tasks_app import concurrency
+
 logger = logging.getLogger(__name__)
 
 BATCH = 500
@@ -34,6 +37,8 @@ MIRROR_TASK = "tasks_app.schedule"  # a name only: the platform fires these, nev
 
 
 class PlatformScheduler(DatabaseScheduler):
+    _locks_extended_at = 0.0
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = super().tick(*args, **kwargs)
         busy = self.platform_tick()
@@ -64,6 +69,12 @@ class PlatformScheduler(DatabaseScheduler):
             if done:
                 logger.info("%s: %d", name, done)
             busy = busy or done >= BATCH
+        if time.monotonic() - self._locks_extended_at > settings.CONCURRENCY_LOCK_TTL / 3:
+            self._locks_extended_at = time.monotonic()
+            try:
+                concurrency.extend_active()
+            except Exception:
+                logger.exception("could not extend the concurrency locks")
         return busy
 
 

@@ -7,7 +7,7 @@ from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from tasks_app import dispatch, handlers
+from tasks_app import concurrency, dispatch, handlers
 from tasks_app.lifecycle import (
     TERMINAL_STATES,
     Actor,
@@ -92,6 +92,9 @@ class Run(models.Model):
     # When a created or retrying run is next due to be sent (run_at, or backoff end).
     due_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True)
+    # Concurrency policy (concurrency.py): the lock's holder token and its fencing token.
+    lock_token = models.CharField(max_length=64, blank=True)
+    fence = models.PositiveBigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -209,6 +212,8 @@ class Run(models.Model):
             raise InvalidTransition(self.pk, current, target, "the run keeps changing")
         for field, value in fields.items():
             setattr(self, field, value)
+        if target in TERMINAL_STATES and self.lock_token:
+            transaction.on_commit(lambda: concurrency.release(self))
         return RunState(current)
 
     # --- operator controls (API, admin) -----------------------------------------------
