@@ -47,6 +47,7 @@ class RunRequest:
     trigger: str = Trigger.API
     schedule: Schedule | None = None
     scheduled_for: dt.datetime | None = None
+    reason: str = "submitted"  # the first event's
 
     def fingerprint(self) -> str:
         body = {
@@ -179,7 +180,7 @@ class RunQuerySet(models.QuerySet):
                     **move_fields(
                         S.CREATED if held else S.PENDING,
                         at=now,
-                        reason="submitted",
+                        reason=request.reason,
                         actor=actor,
                         actor_name=by,
                     ),
@@ -266,7 +267,7 @@ class ScheduleQuerySet(models.QuerySet):
                 if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
                     requests += self._fires_of(schedule, now, grace, cap, MisfirePolicy)
                 schedule.next_fire_at = schedule.next_after(now)
-            self.bulk_update(due, ["next_fire_at", "last_fired_at"])
+            self.bulk_update(due, ["next_fire_at", "last_fired_at", "missed_fires"])
             fired = {(r.schedule.pk, r.scheduled_for) for r in requests}
             if fired:
                 Run = apps.get_model("tasks_app", "Run")
@@ -287,13 +288,10 @@ class ScheduleQuerySet(models.QuerySet):
             for i in schedule.timer().between(schedule.next_fire_at, now, cap + 1)
             if not schedule.end_at or i <= schedule.end_at
         ]
-        on_time = [i for i in instants if now - i <= grace]
+        fires = {i: "scheduled" for i in instants if now - i <= grace}  # on time
         missed = [i for i in instants if now - i > grace]
-        if missed and schedule.misfire_policy == policy.RUN_ONCE:
-            on_time = [missed[-1], *on_time]
-        elif missed and schedule.misfire_policy == policy.CATCH_UP:
-            on_time = missed[:cap] + on_time
         if missed:
+            schedule.missed_fires += len(missed)
             logger.warning(
                 "schedule %s missed %s%d instant(s) from %s: %s",
                 schedule.pk,
@@ -302,7 +300,11 @@ class ScheduleQuerySet(models.QuerySet):
                 missed[0].isoformat(),
                 schedule.misfire_policy,
             )
-        if not on_time or not schedule.task.enabled:
+            if schedule.misfire_policy == policy.RUN_ONCE:
+                fires[missed[-1]] = f"misfire run_once: one run for {len(missed)} missed instant(s)"
+            elif schedule.misfire_policy == policy.CATCH_UP:
+                fires.update({i: "misfire catch_up: a missed instant" for i in missed[:cap]})
+        if not fires or not schedule.task.enabled:
             return []
         schedule.last_fired_at = now
         base = schedule.fire_kwargs()
@@ -314,6 +316,7 @@ class ScheduleQuerySet(models.QuerySet):
                 trigger=Trigger.SCHEDULE,
                 schedule=schedule,
                 scheduled_for=instant,
+                reason=reason,
             )
-            for instant in on_time
+            for instant, reason in sorted(fires.items())
         ]

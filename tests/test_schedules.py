@@ -103,7 +103,16 @@ def test_misfire_policy_after_the_schedulers_were_down(make_schedule, broker, po
     fire(at(600.5))  # ten minutes without a scheduler; 12:10 is on time
 
     assert fired_for(schedule) == expected
-    assert Schedule.objects.get(pk=schedule.pk).next_fire_at == at(660)
+    schedule.refresh_from_db()
+    assert (schedule.next_fire_at, schedule.missed_fires) == (at(660), 9)
+    reasons = [
+        run.events.first().reason for run in Run.objects.filter(schedule=schedule).order_by("scheduled_for")
+    ]
+    assert reasons[-1] == "scheduled"
+    if policy == "run_once":
+        assert reasons[0] == "misfire run_once: one run for 9 missed instant(s)"
+    if policy == "catch_up":
+        assert set(reasons[:-1]) == {"misfire catch_up: a missed instant"}
 
 
 def test_catch_up_is_capped(make_schedule, broker, settings) -> None:

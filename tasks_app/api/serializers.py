@@ -183,10 +183,11 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "description",
             "next_runs",
             "last_fired_at",
+            "missed_fires",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["last_fired_at", "created_at", "updated_at"]
+        read_only_fields = ["last_fired_at", "missed_fires", "created_at", "updated_at"]
 
     def validate_workflow(self, value: str | None) -> None:
         if value:

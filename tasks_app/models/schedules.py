@@ -46,6 +46,8 @@ class Schedule(models.Model):
     # The next instant to fire; None once it never fires again.
     next_fire_at = models.DateTimeField(null=True, blank=True)
     last_fired_at = models.DateTimeField(null=True, blank=True)
+    # Instants missed while no scheduler ran (whatever the misfire policy then did).
+    missed_fires = models.PositiveIntegerField(default=0)
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask",
         on_delete=models.SET_NULL,
