@@ -12,9 +12,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from tasks_app import handlers, scheduling, timing
+from tasks_app import handlers, scheduling
 from tasks_app.lifecycle import Actor, InvalidTransition
 from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task
+from tasks_app.models.schedules import timing_problems
 from tasks_app.querysets import RunRequest
 
 
@@ -173,31 +174,12 @@ class RunAdmin(admin.ModelAdmin):
 class ScheduleForm(forms.ModelForm):
     class Meta:
         model = Schedule
-        fields = [
-            "task",
-            "cron",
-            "interval_seconds",
-            "run_at",
-            "timezone",
-            "args",
-            "kwargs",
-            "start_at",
-            "end_at",
-            "misfire_policy",
-            "enabled",
-        ]
+        fields = Schedule.EDITABLE_FIELDS
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        kinds = [k for k in ("cron", "interval_seconds", "run_at") if data.get(k) not in (None, "")]
-        if len(kinds) != 1:
-            raise forms.ValidationError("Give exactly one of cron, interval_seconds and run_at.")
-        try:
-            timing.zone(data.get("timezone") or "UTC")
-            if data.get("cron"):
-                timing.normalise_cron(data["cron"])
-        except timing.InvalidSchedule as exc:
-            raise forms.ValidationError(str(exc)) from None
+        for field, problem in timing_problems(data).items():
+            self.add_error(field if field in self.fields else None, problem)
         return data
 
 

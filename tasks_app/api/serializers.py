@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from tasks_app import handlers, timing
 from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task
+from tasks_app.models.schedules import KINDS, timing_problems
 from tasks_app.models.tasks import PRIORITY_MAX
 from tasks_app.querysets import RunRequest
 
@@ -114,12 +115,16 @@ class RunLogSerializer(serializers.ModelSerializer):
         fields = ["at", "level", "message"]
 
 
-class RunSubmitSerializer(serializers.Serializer):
-    task = serializers.SlugRelatedField(
+def task_by_name() -> serializers.SlugRelatedField:
+    return serializers.SlugRelatedField(
         slug_field="name",
         queryset=Task.objects.all(),
         error_messages={"does_not_exist": "No task named {value!r}."},
     )
+
+
+class RunSubmitSerializer(serializers.Serializer):
+    task = task_by_name()
     args = serializers.ListField(required=False, allow_null=True, default=None)
     kwargs = serializers.DictField(required=False, default=dict)
     priority = serializers.IntegerField(
@@ -148,15 +153,8 @@ class BulkSubmitSerializer(serializers.Serializer):
     )
 
 
-KINDS = ("cron", "interval_seconds", "run_at")
-
-
 class ScheduleSerializer(serializers.ModelSerializer):
-    task = serializers.SlugRelatedField(
-        slug_field="name",
-        queryset=Task.objects.all(),
-        error_messages={"does_not_exist": "No task named {value!r}."},
-    )
+    task = task_by_name()
     workflow = serializers.CharField(required=False, allow_null=True, write_only=True)
     cron = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=200)
     args = serializers.ListField(required=False, allow_null=True)
@@ -168,18 +166,8 @@ class ScheduleSerializer(serializers.ModelSerializer):
         model = Schedule
         fields = [
             "id",
-            "task",
+            *Schedule.EDITABLE_FIELDS,
             "workflow",
-            "cron",
-            "interval_seconds",
-            "run_at",
-            "timezone",
-            "args",
-            "kwargs",
-            "start_at",
-            "end_at",
-            "misfire_policy",
-            "enabled",
             "description",
             "next_runs",
             "last_fired_at",
@@ -193,46 +181,19 @@ class ScheduleSerializer(serializers.ModelSerializer):
         if value:
             raise serializers.ValidationError("Workflows are not available yet: schedule a task.")
 
-    def validate_timezone(self, value: str) -> str:
-        try:
-            timing.zone(value)
-        except timing.InvalidSchedule as exc:
-            raise serializers.ValidationError(str(exc)) from None
-        return value
-
     def validate_cron(self, value: str | None) -> str:
-        if not value:
-            return ""
-        try:
-            timing.normalise_cron(value)
-        except timing.InvalidSchedule as exc:
-            raise serializers.ValidationError(str(exc)) from None
-        return " ".join(value.split())
+        return " ".join((value or "").split())
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs.pop("workflow", None)
         given = [kind for kind in KINDS if attrs.get(kind) not in (None, "")]
-        if len(given) > 1:
-            raise serializers.ValidationError(
-                {kind: "Give exactly one of cron, interval_seconds and run_at." for kind in given}
-            )
-        if self.instance is not None and given:
+        if self.instance is not None and len(given) == 1:
             # Setting one kind on an existing schedule switches it to that kind.
             attrs.update({kind: ("" if kind == "cron" else None) for kind in KINDS if kind not in given})
-        merged = {kind: attrs.get(kind, getattr(self.instance, kind, None)) for kind in KINDS}
-        if not any(merged[kind] not in (None, "") for kind in KINDS):
-            raise serializers.ValidationError({"cron": "Give one of cron, interval_seconds and run_at."})
-        attrs["cron"] = merged["cron"] or ""
-        start = attrs.get("start_at", getattr(self.instance, "start_at", None))
-        end = attrs.get("end_at", getattr(self.instance, "end_at", None))
-        if start and end and end <= start:
-            raise serializers.ValidationError({"end_at": "Must be after start_at."})
-        if (
-            "interval_seconds" in attrs
-            and attrs["interval_seconds"] is not None
-            and attrs["interval_seconds"] < 1
-        ):
-            raise serializers.ValidationError({"interval_seconds": "Must be at least 1 second."})
+        current = {field: getattr(self.instance, field, None) for field in Schedule.EDITABLE_FIELDS}
+        problems = timing_problems({**current, **attrs} if self.instance is not None else attrs)
+        if problems:
+            raise serializers.ValidationError(problems)
         return attrs
 
     @extend_schema_field(OpenApiTypes.STR)

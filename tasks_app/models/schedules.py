@@ -14,7 +14,33 @@ from tasks_app.querysets import ScheduleQuerySet
 # A next_fire_at this old means "recompute me": migration 0003's trigger sets it when
 # an UPDATE changes a schedule's timing, so even a bulk update() is picked up.
 RECOMPUTE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-TIMING_FIELDS = ("cron", "interval_seconds", "run_at", "timezone", "start_at", "end_at", "enabled")
+KINDS = ("cron", "interval_seconds", "run_at")
+
+
+def timing_problems(values: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with a schedule's timing, by field; empty when nothing is."""
+    problems: dict[str, str] = {}
+    given = [kind for kind in KINDS if values.get(kind) not in (None, "")]
+    if len(given) != 1:
+        problems.update(
+            dict.fromkeys(given or ["cron"], "Give exactly one of cron, interval_seconds and run_at.")
+        )
+    if values.get("cron"):
+        try:
+            timing.normalise_cron(values["cron"])
+        except timing.InvalidSchedule as exc:
+            problems["cron"] = str(exc)
+    try:
+        timing.zone(values.get("timezone") or "UTC")
+    except timing.InvalidSchedule as exc:
+        problems["timezone"] = str(exc)
+    interval = values.get("interval_seconds")
+    if interval is not None and interval < 1:
+        problems["interval_seconds"] = "Must be at least 1 second."
+    start, end = values.get("start_at"), values.get("end_at")
+    if start and end and end <= start:
+        problems["end_at"] = "Must be after start_at."
+    return problems
 
 
 class MisfirePolicy(models.TextChoices):
@@ -29,6 +55,12 @@ class Schedule(models.Model):
     Mirrored as a django-celery-beat PeriodicTask (so its admin and tools see it);
     what that model lacks (seconds, misfire policy, next fire time) lives here.
     """
+
+    # What the API and the admin let a user set.
+    EDITABLE_FIELDS = [
+        "task", "cron", "interval_seconds", "run_at", "timezone", "args", "kwargs",
+        "start_at", "end_at", "misfire_policy", "enabled",
+    ]  # fmt: skip
 
     task = models.ForeignKey("tasks_app.Task", on_delete=models.CASCADE, related_name="schedules")
     cron = models.CharField(max_length=200, blank=True)
