@@ -13,7 +13,7 @@ from django.db import IntegrityError, connections, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from tasks_app import concurrency, dispatch
+from tasks_app import concurrency, dispatch, timing
 from tasks_app.lifecycle import ACTIVE_STATES, Actor, RunState, Trigger
 from tasks_app.models.tasks import ConcurrencyPolicy
 
@@ -264,9 +264,14 @@ class ScheduleQuerySet(models.QuerySet):
             requests: list[RunRequest] = []
             for schedule in due:
                 schedule.task = tasks[schedule.task_id]
-                if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
-                    requests += self._fires_of(schedule, now, grace, cap, MisfirePolicy)
-                schedule.next_fire_at = schedule.next_after(now)
+                try:
+                    if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
+                        requests += self._fires_of(schedule, now, grace, cap, MisfirePolicy)
+                    schedule.next_fire_at = schedule.next_after(now)
+                except timing.InvalidSchedule as exc:
+                    # Written past validation (plain SQL, a bulk update): it stops, the others go on.
+                    logger.error("schedule %s stops firing: %s", schedule.pk, exc)
+                    schedule.next_fire_at = None
             self.bulk_update(due, ["next_fire_at", "last_fired_at", "missed_fires"])
             fired = {(r.schedule.pk, r.scheduled_for) for r in requests}
             if fired:

@@ -198,3 +198,19 @@ def test_beat_never_sends_the_mirrors_of_platform_schedules(db) -> None:
     )
 
     assert names == {"plain"}
+
+
+def test_a_schedule_made_invalid_past_validation_stops_alone(make_schedule, broker, api) -> None:
+    broken = make_schedule(interval_seconds=60)
+    healthy = make_schedule(interval_seconds=60)
+    Schedule.objects.filter(pk=broken.pk).update(interval_seconds=None, cron="not a cron")
+
+    fire(at(1))  # recompute
+    fire(at(60.1))
+
+    assert Schedule.objects.get(pk=broken.pk).next_fire_at is None
+    assert fired_for(healthy) == [at(60)]
+    shown = api.get(f"/api/v1/schedules/{broken.pk}/")
+    assert shown.status_code == 200
+    assert shown.data["description"].startswith("invalid")
+    assert shown.data["next_runs"] == []

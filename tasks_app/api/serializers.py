@@ -198,11 +198,19 @@ class ScheduleSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_description(self, schedule: Schedule) -> str:
-        return schedule.description()
+        try:
+            return schedule.description()
+        except timing.InvalidSchedule as exc:  # written past validation
+            return f"invalid: {exc}"
 
     @extend_schema_field({"type": "array", "items": {"type": "string", "format": "date-time"}})
     def get_next_runs(self, schedule: Schedule) -> list[str]:
-        return [fire.isoformat() for fire in schedule.upcoming(5)] if schedule.enabled else []
+        if not schedule.enabled:
+            return []
+        try:
+            return [fire.isoformat() for fire in schedule.upcoming(5)]
+        except timing.InvalidSchedule:
+            return []
 
 
 class SchedulePreviewSerializer(serializers.Serializer):
