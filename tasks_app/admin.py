@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import graphlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -10,12 +11,15 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
-from tasks_app import handlers, scheduling
+from tasks_app import handlers, scheduling, workflows
 from tasks_app.lifecycle import Actor, InvalidTransition
-from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task
+from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Workflow, WorkflowRun
 from tasks_app.models.schedules import timing_problems
+from tasks_app.models.workflows import InvalidWorkflow, check_steps
 from tasks_app.querysets import RunRequest
 
 
@@ -228,3 +232,130 @@ class ScheduleAdmin(admin.ModelAdmin):
             by=request.user.get_username(),
         )
         self.message_user(request, f"Submitted {len(runs)} run(s).")
+
+
+class WorkflowForm(forms.ModelForm):
+    class Meta:
+        model = Workflow
+        fields = ["name", "description", "steps"]
+
+    def clean_steps(self) -> Any:
+        steps = self.cleaned_data["steps"]
+        named = {s.get("task") for s in steps if isinstance(s, dict)} if isinstance(steps, list) else set()
+        existing = set(
+            Task.objects.filter(name__in=[n for n in named if isinstance(n, str)]).values_list(
+                "name", flat=True
+            )
+        )
+        try:
+            return check_steps(steps, existing)
+        except InvalidWorkflow as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    form = WorkflowForm
+    list_display = ["name", "description", "updated_at"]
+    search_fields = ["name", "description"]
+    actions = ["start"]
+
+    @admin.action(description="Start a run of the selected workflows", permissions=["change"])
+    def start(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        started = [workflows.start(w, by=request.user.get_username()).pk for w in queryset]
+        self.message_user(request, f"Started workflow run(s) {', '.join(map(str, started))}.")
+
+
+STATE_COLOURS = {
+    "created": "#e0e0e0", "pending": "#fff3b0", "running": "#9ecbff", "retrying": "#ffd59e",
+    "paused": "#d7c4f2", "completed": "#a8e6a1", "failed": "#f4a3a3", "cancelled": "#c9c9c9",
+    "skipped": "#f0f0f0",
+}  # fmt: skip
+
+
+def dag_svg(workflow_run: WorkflowRun) -> str:
+    """The workflow run's DAG as inline SVG: a column per depth, each step coloured by
+    its state and linked to its run. Drawn on the server: no script, no network."""
+    steps = {step["key"]: step for step in workflow_run.steps}
+    depth: dict[str, int] = {}
+    for key in graphlib.TopologicalSorter({k: s["depends_on"] for k, s in steps.items()}).static_order():
+        depth[key] = 1 + max((depth[d] for d in steps[key]["depends_on"]), default=-1)
+    columns: dict[int, list[str]] = {}
+    for key in steps:
+        columns.setdefault(depth[key], []).append(key)
+    width, height, gap_x, gap_y = 140, 36, 60, 18
+    where = {
+        key: (col * (width + gap_x) + 10, row * (height + gap_y) + 10)
+        for col, keys in columns.items()
+        for row, key in enumerate(keys)
+    }
+    current = workflows.latest_runs(workflow_run.pk)
+    parts = []
+    for key, step in steps.items():
+        x, y = where[key]
+        for upstream in step["depends_on"]:
+            ux, uy = where[upstream]
+            parts.append(
+                format_html(
+                    '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#888" marker-end="url(#arrow)"/>',
+                    ux + width, uy + height // 2, x, y + height // 2,
+                )
+            )  # fmt: skip
+    for key in steps:
+        x, y = where[key]
+        run = current.get(key)
+        state = run.state if run else "created"
+        link = reverse("admin:tasks_app_run_change", args=[run.pk]) if run else "#"
+        parts.append(
+            format_html(
+                '<a href="{}"><rect x="{}" y="{}" width="{}" height="{}" rx="6" fill="{}" stroke="#555"/>'
+                '<text x="{}" y="{}" font-size="12" font-family="sans-serif">{} · {}</text>'
+                "<title>{}: {}</title></a>",
+                link, x, y, width, height, STATE_COLOURS.get(state, "#fff"),
+                x + 8, y + 22, key[:14], state, key, state,
+            )
+        )  # fmt: skip
+    total_w = (max(columns) + 1) * (width + gap_x) + 10
+    total_h = max(len(keys) for keys in columns.values()) * (height + gap_y) + 10
+    return format_html(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" class="workflow-dag">'
+        '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="8" refY="4" orient="auto">'
+        '<path d="M0,0 L8,4 L0,8 z" fill="#888"/></marker></defs>{}</svg>',
+        total_w, total_h, mark_safe("".join(parts)),
+    )  # fmt: skip
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    list_display = ["id", "workflow", "state", "created_at", "finished_at", "created_by"]
+    list_filter = ["state", "workflow", "created_at"]
+    list_select_related = ["workflow"]
+    readonly_fields = ["workflow", "state", "dag", "created_by", "created_at", "started_at", "finished_at",
+                       "schedule", "scheduled_for"]  # fmt: skip
+    fields = readonly_fields
+    actions = ["cancel", "retry"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: WorkflowRun, form: Any, change: bool) -> None:
+        pass  # read-only: controls go through the actions
+
+    @admin.display(description="steps")
+    def dag(self, workflow_run: WorkflowRun) -> str:
+        return dag_svg(workflow_run)
+
+    @admin.action(description="Cancel selected workflow runs", permissions=["change"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, workflows.cancel)
+
+    @admin.action(description="Retry selected workflow runs", permissions=["change"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, workflows.retry)
+
+    def _control(self, request: HttpRequest, queryset: QuerySet[WorkflowRun], control: Any) -> None:
+        for workflow_run in queryset:
+            try:
+                control(workflow_run, by=request.user.get_username())
+            except workflows.WorkflowConflict as exc:
+                self.message_user(request, str(exc), messages.WARNING)

@@ -20,7 +20,7 @@ from celery.signals import task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from tasks_app import concurrency, handlers
+from tasks_app import concurrency, handlers, workflows
 from tasks_app.handlers import RunContext, RunInterrupted
 from tasks_app.lifecycle import InvalidTransition
 
@@ -111,7 +111,8 @@ def execute(run_id: int, dispatch: int, *, hostname: str) -> None:
         return
     try:
         handler = handlers.get(run.task.handler)
-        outcome = encode_result(handler.func(RunContext(run, handler), *run.args, **run.kwargs))
+        upstream = workflows.upstream_results(run) if run.workflow_run_id else None
+        outcome = encode_result(handler.func(RunContext(run, handler, upstream), *run.args, **run.kwargs))
     except RunInterrupted as exc:
         logger.info("run %s stopped: it was %s meanwhile", run_id, exc.state)
         return

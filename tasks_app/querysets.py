@@ -13,7 +13,7 @@ from django.db import IntegrityError, connections, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from tasks_app import concurrency, dispatch, timing
+from tasks_app import concurrency, dispatch, timing, workflows
 from tasks_app.lifecycle import ACTIVE_STATES, Actor, RunState, Trigger
 from tasks_app.models.tasks import ConcurrencyPolicy
 
@@ -260,13 +260,20 @@ class ScheduleQuerySet(models.QuerySet):
                 .order_by("next_fire_at")[:limit]
             )
             # Tasks are read apart, unlocked: a join would lock them and skip their schedules.
-            tasks = apps.get_model("tasks_app", "Task").objects.in_bulk({s.task_id for s in due})
+            tasks = apps.get_model("tasks_app", "Task").objects.in_bulk({s.task_id for s in due if s.task_id})
             requests: list[RunRequest] = []
+            workflows_due = []
             for schedule in due:
-                schedule.task = tasks[schedule.task_id]
+                schedule.task = tasks.get(schedule.task_id)
                 try:
                     if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
-                        requests += self._fires_of(schedule, now, grace, cap, MisfirePolicy)
+                        fires = self._fires_of(schedule, now, grace, cap, MisfirePolicy)
+                        if schedule.workflow_id:
+                            workflows_due += [(schedule, instant) for instant, _reason in fires]
+                        else:
+                            requests += [
+                                self._request(schedule, instant, reason) for instant, reason in fires
+                            ]
                     schedule.next_fire_at = schedule.next_after(now)
                 except timing.InvalidSchedule as exc:
                     # Written past validation (plain SQL, a bulk update): it stops, the others go on.
@@ -283,7 +290,19 @@ class ScheduleQuerySet(models.QuerySet):
                 )
                 requests = [r for r in requests if (r.schedule.pk, r.scheduled_for) not in done]
                 Run.objects.submit_many(requests, by="scheduler", now=now)
-        return len(requests)
+            if workflows_due:
+                started = set(
+                    apps.get_model("tasks_app", "WorkflowRun")
+                    .objects.filter(schedule__in={s.pk for s, _at in workflows_due})
+                    .filter(scheduled_for__in={at for _s, at in workflows_due})
+                    .values_list("schedule_id", "scheduled_for")
+                )
+                workflows_due = [(s, at) for s, at in workflows_due if (s.pk, at) not in started]
+            for schedule, instant in workflows_due:
+                workflows.start(
+                    schedule.workflow, by="scheduler", schedule=schedule, scheduled_for=instant, now=now
+                )
+        return len(requests) + len(workflows_due)
 
     @staticmethod
     def _fires_of(schedule: Schedule, now: dt.datetime, grace: dt.timedelta, cap: int, policy: Any) -> list:
@@ -309,19 +328,20 @@ class ScheduleQuerySet(models.QuerySet):
                 fires[missed[-1]] = f"misfire run_once: one run for {len(missed)} missed instant(s)"
             elif schedule.misfire_policy == policy.CATCH_UP:
                 fires.update({i: "misfire catch_up: a missed instant" for i in missed[:cap]})
-        if not fires or not schedule.task.enabled:
+        if not fires or (schedule.task is not None and not schedule.task.enabled):
             return []
         schedule.last_fired_at = now
+        return sorted(fires.items())
+
+    @staticmethod
+    def _request(schedule: Schedule, instant: dt.datetime, reason: str) -> RunRequest:
         base = schedule.fire_kwargs()
-        return [
-            RunRequest(
-                task=schedule.task,
-                args=base["args"],
-                kwargs=base["kwargs"],
-                trigger=Trigger.SCHEDULE,
-                schedule=schedule,
-                scheduled_for=instant,
-                reason=reason,
-            )
-            for instant, reason in sorted(fires.items())
-        ]
+        return RunRequest(
+            task=schedule.task,
+            args=base["args"],
+            kwargs=base["kwargs"],
+            trigger=Trigger.SCHEDULE,
+            schedule=schedule,
+            scheduled_for=instant,
+            reason=reason,
+        )

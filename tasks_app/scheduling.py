@@ -106,7 +106,7 @@ def mirror(schedule: Any) -> None:
         "start_time": schedule.start_at,
         "expires": schedule.end_at,
         "description": (
-            f"Platform schedule {schedule.pk} of task {schedule.task.name}: {schedule.description()}. "
+            f"Platform schedule {schedule.pk} of {schedule.target_text}: {schedule.description()}. "
             "Fired by tasks_app.scheduling.PlatformScheduler, not by this entry."
         ),
     }

@@ -110,7 +110,11 @@ def _client(user: User | None) -> APIClient:
 def owner(db: Any) -> User:
     return _user(
         "owner",
-        *(f"{verb}_{model}" for model in ("task", "run", "schedule") for verb in ("add", "change", "delete")),
+        *(
+            f"{verb}_{model}"
+            for model in ("task", "run", "schedule", "workflow", "workflowrun")
+            for verb in ("add", "change", "delete")
+        ),
     )
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.auth.models import User
 
@@ -105,3 +107,44 @@ def test_schedule_form_refuses_two_kinds_and_bad_cron(admin_client, task) -> Non
     assert "exactly one" in two.content.decode()
     assert "invalid cron" in bad.content.decode()
     assert not Schedule.objects.exists()
+
+
+def test_workflow_run_page_draws_the_dag_coloured_and_linked(
+    admin_client, task, broker, django_capture_on_commit_callbacks
+) -> None:
+    from tasks_app import workflows
+    from tasks_app.models import Workflow, WorkflowRun
+    from tasks_app.models.workflows import check_steps
+
+    steps = check_steps(
+        [{"key": "A", "task": "noop"}, {"key": "B", "task": "noop", "depends_on": ["A"]}], {"noop"}
+    )
+    workflow = Workflow.objects.create(name="pair", steps=steps)
+    with django_capture_on_commit_callbacks(execute=True):
+        workflow_run = workflows.start(workflow, by="boss")
+    a = workflows.latest_runs(workflow_run.pk)["A"]
+
+    page = admin_client.get(f"/admin/tasks_app/workflowrun/{workflow_run.pk}/change/").content.decode()
+
+    assert "<svg" in page and "marker-end" in page
+    assert f'href="/admin/tasks_app/run/{a.pk}/change/"' in page
+    assert "A · pending" in page and "B · created" in page
+    assert "#fff3b0" in page  # pending's colour
+    assert admin_client.get("/admin/tasks_app/workflow/").status_code == 200
+    assert admin_client.get(f"/admin/tasks_app/workflow/{workflow.pk}/change/").status_code == 200
+
+    admin_client.post(
+        "/admin/tasks_app/workflowrun/", {"action": "cancel", "_selected_action": [workflow_run.pk]}
+    )
+    assert WorkflowRun.objects.get(pk=workflow_run.pk).state == "cancelled"
+
+
+def test_workflow_form_refuses_a_cycle(admin_client, task) -> None:
+    from tasks_app.models import Workflow
+
+    steps = json.dumps(
+        [{"key": "A", "task": "noop", "depends_on": ["B"]}, {"key": "B", "task": "noop", "depends_on": ["A"]}]
+    )
+    response = admin_client.post("/admin/tasks_app/workflow/add/", {"name": "loop", "steps": steps})
+    assert "cycle" in response.content.decode()
+    assert not Workflow.objects.exists()

@@ -11,7 +11,9 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from tasks_app.lifecycle import InvalidTransition
+from tasks_app.models.workflows import InvalidWorkflow
 from tasks_app.querysets import IdempotencyConflict
+from tasks_app.workflows import WorkflowConflict
 
 
 class Conflict(APIException):
@@ -23,6 +25,10 @@ class Conflict(APIException):
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, InvalidTransition):
         return Response({"detail": str(exc), "state": exc.current}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, WorkflowConflict):
+        return Response({"detail": str(exc), "state": exc.state}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, InvalidWorkflow):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, IdempotencyConflict):
         return Response({"detail": str(exc), "run": exc.run.pk}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, (OperationalError, InterfaceError)):

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from typing import Any
-
 import django_filters
 
 from tasks_app.lifecycle import RunState
-from tasks_app.models import Run
+from tasks_app.models import Run, WorkflowRun, WorkflowState
 
 
 class RunFilter(django_filters.FilterSet):
@@ -14,13 +12,17 @@ class RunFilter(django_filters.FilterSet):
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     schedule = django_filters.NumberFilter(field_name="schedule_id")
-    # Workflows come with their own models; until then no run has one, so filtering
-    # on it finds nothing (rather than ignoring the filter).
-    workflow_run = django_filters.NumberFilter(method="nothing_yet")
+    workflow_run = django_filters.NumberFilter(field_name="workflow_run_id")
 
     class Meta:
         model = Run
         fields = ["task", "state", "created_after", "created_before", "schedule", "workflow_run"]
 
-    def nothing_yet(self, queryset: Any, name: str, value: Any) -> Any:
-        return queryset.none()
+
+class WorkflowRunFilter(django_filters.FilterSet):
+    workflow = django_filters.CharFilter(field_name="workflow__name")
+    state = django_filters.MultipleChoiceFilter(choices=WorkflowState.choices)
+
+    class Meta:
+        model = WorkflowRun
+        fields = ["workflow", "state"]

@@ -8,9 +8,10 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app import handlers, timing
-from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task
+from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Workflow, WorkflowRun
 from tasks_app.models.schedules import KINDS, timing_problems
-from tasks_app.models.tasks import PRIORITY_MAX
+from tasks_app.models.tasks import PRIORITY_MAX, name_validator
+from tasks_app.models.workflows import InvalidWorkflow, check_steps
 from tasks_app.querysets import RunRequest
 
 BULK_MAX = 1000
@@ -60,7 +61,6 @@ class TaskSerializer(serializers.ModelSerializer):
 
 class RunSerializer(serializers.ModelSerializer):
     task = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    workflow_run = serializers.SerializerMethodField()
     lateness = serializers.SerializerMethodField()
 
     class Meta:
@@ -96,11 +96,6 @@ class RunSerializer(serializers.ModelSerializer):
     def get_lateness(self, run: Run) -> float | None:
         """Seconds between the instant a schedule meant and the run's creation."""
         return run.lateness.total_seconds() if run.lateness is not None else None
-
-    # Workflows arrive with their own models; until then no run has one.
-    @extend_schema_field(OpenApiTypes.INT)
-    def get_workflow_run(self, run: Run) -> int | None:
-        return None
 
 
 class RunEventSerializer(serializers.ModelSerializer):
@@ -154,8 +149,20 @@ class BulkSubmitSerializer(serializers.Serializer):
 
 
 class ScheduleSerializer(serializers.ModelSerializer):
-    task = task_by_name()
-    workflow = serializers.CharField(required=False, allow_null=True, write_only=True)
+    task = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Task.objects.all(),
+        required=False,
+        allow_null=True,
+        error_messages={"does_not_exist": "No task named {value!r}."},
+    )
+    workflow = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Workflow.objects.all(),
+        required=False,
+        allow_null=True,
+        error_messages={"does_not_exist": "No workflow named {value!r}."},
+    )
     cron = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=200)
     args = serializers.ListField(required=False, allow_null=True)
     kwargs = serializers.DictField(required=False)
@@ -177,15 +184,20 @@ class ScheduleSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["last_fired_at", "missed_fires", "created_at", "updated_at"]
 
-    def validate_workflow(self, value: str | None) -> None:
-        if value:
-            raise serializers.ValidationError("Workflows are not available yet: schedule a task.")
-
     def validate_cron(self, value: str | None) -> str:
         return " ".join((value or "").split())
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        attrs.pop("workflow", None)
+        if self.instance is not None:
+            # Naming a task or a workflow on an existing schedule switches it to that one.
+            if attrs.get("task") and "workflow" not in attrs:
+                attrs["workflow"] = None
+            if attrs.get("workflow") and "task" not in attrs:
+                attrs["task"] = None
+        task = attrs.get("task", getattr(self.instance, "task", None))
+        workflow = attrs.get("workflow", getattr(self.instance, "workflow", None))
+        if (task is None) == (workflow is None):
+            raise serializers.ValidationError({"task": "Give exactly one of task and workflow."})
         given = [kind for kind in KINDS if attrs.get(kind) not in (None, "")]
         if self.instance is not None and len(given) == 1:
             # Setting one kind on an existing schedule switches it to that kind.
@@ -225,3 +237,84 @@ class SchedulePreviewSerializer(serializers.Serializer):
             raise serializers.ValidationError({field: str(exc)}) from None
         attrs["timer"] = cron
         return attrs
+
+
+class WorkflowSerializer(serializers.ModelSerializer):
+    steps = serializers.JSONField()
+
+    class Meta:
+        model = Workflow
+        fields = ["name", "description", "steps", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate_name(self, value: str) -> str:
+        name_validator(value)
+        return value
+
+    def validate_steps(self, value: Any) -> list[dict[str, Any]]:
+        named = (
+            {step.get("task") for step in value if isinstance(step, dict)}
+            if isinstance(value, list)
+            else set()
+        )
+        existing = set(
+            Task.objects.filter(name__in=[n for n in named if isinstance(n, str)]).values_list(
+                "name", flat=True
+            )
+        )
+        try:
+            return check_steps(value, existing)
+        except InvalidWorkflow as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class WorkflowRunSerializer(serializers.ModelSerializer):
+    workflow = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    steps = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WorkflowRun
+        fields = [
+            "id", "workflow", "state", "created_at", "started_at", "finished_at", "schedule", "scheduled_for",
+            "created_by", "steps",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string"},
+                    "state": {"type": "string"},
+                    "run": {"type": "integer"},
+                    "task": {"type": "string"},
+                    "depends_on": {"type": "array", "items": {"type": "string"}},
+                    "trigger_rule": {"type": "string"},
+                    "attempt": {"type": "integer"},
+                    "started_at": {"type": "string", "format": "date-time", "nullable": True},
+                    "finished_at": {"type": "string", "format": "date-time", "nullable": True},
+                },
+            },
+        }
+    )
+    def get_steps(self, workflow_run: WorkflowRun) -> list[dict[str, Any]]:
+        current = {run.step: run for run in sorted(workflow_run.step_runs.all(), key=lambda r: r.pk)}
+        steps = []
+        for step in workflow_run.steps:
+            run = current.get(step["key"])
+            steps.append(
+                {
+                    "key": step["key"],
+                    "state": run.state if run else None,
+                    "run": run.pk if run else None,
+                    "task": step["task"],
+                    "depends_on": step["depends_on"],
+                    "trigger_rule": step["trigger_rule"],
+                    "attempt": run.attempt if run else 0,
+                    "started_at": run.started_at.isoformat() if run and run.started_at else None,
+                    "finished_at": run.finished_at.isoformat() if run and run.finished_at else None,
+                }
+            )
+        return steps

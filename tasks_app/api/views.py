@@ -13,9 +13,9 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tasks_app import handlers, scheduling, timing
+from tasks_app import handlers, scheduling, timing, workflows
 from tasks_app.api.errors import Conflict
-from tasks_app.api.filters import RunFilter
+from tasks_app.api.filters import RunFilter, WorkflowRunFilter
 from tasks_app.api.pagination import OldestFirstCursorPagination
 from tasks_app.api.serializers import (
     BulkSubmitSerializer,
@@ -27,10 +27,12 @@ from tasks_app.api.serializers import (
     SchedulePreviewSerializer,
     ScheduleSerializer,
     TaskSerializer,
+    WorkflowRunSerializer,
+    WorkflowSerializer,
     request_of,
 )
 from tasks_app.lifecycle import Trigger
-from tasks_app.models import Run, Schedule, Task
+from tasks_app.models import Run, Schedule, Task, Workflow, WorkflowRun, WorkflowState
 from tasks_app.querysets import RunRequest
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -172,7 +174,7 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     change_actions = ("pause", "resume", "trigger")
 
     def get_queryset(self) -> Any:
-        return Schedule.objects.select_related("task")
+        return Schedule.objects.select_related("task", "workflow")
 
     def get_permissions(self) -> Any:
         if self.action == "preview":  # writes nothing
@@ -218,8 +220,11 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     @extend_schema(request=None, responses={201: RunSerializer})
     @action(detail=True, methods=["post"])
     def trigger(self, request: Request, pk: str) -> Response:
-        """Fire once now: a run with trigger=manual, whatever the schedule's timing."""
+        """Fire once now: a run with trigger=manual (a workflow run for a workflow's schedule)."""
         schedule = self.get_object()
+        if schedule.workflow_id:
+            workflow_run = workflows.start(schedule.workflow, by=actor_name(request), schedule=None)
+            return Response(WorkflowRunSerializer(workflow_run).data, status=status.HTTP_201_CREATED)
         _ensure_enabled(schedule.task)
         base = schedule.fire_kwargs()
         run, _ = Run.objects.submit(
@@ -248,3 +253,50 @@ class ScheduleViewSet(viewsets.ModelViewSet):
             current = timer.next_after(current)
             fires.append(current.isoformat())
         return Response({"description": timing.describe(preview.validated_data["cron"]), "next_runs": fires})
+
+
+class WorkflowViewSet(viewsets.ModelViewSet):
+    queryset = Workflow.objects.all()
+    serializer_class = WorkflowSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    change_actions = ("runs",)
+
+    def perform_destroy(self, instance: Workflow) -> None:
+        if instance.runs.filter(state=WorkflowState.RUNNING).exists():
+            raise Conflict(f"Workflow {instance.name!r} has running workflow runs; cancel them first.")
+        instance.delete()
+
+    @extend_schema(request=None, responses={201: WorkflowRunSerializer})
+    @action(detail=True, methods=["post"])
+    def runs(self, request: Request, name: str) -> Response:
+        """Start a workflow run."""
+        workflow_run = workflows.start(self.get_object(), by=actor_name(request))
+        workflow_run = WorkflowRun.objects.prefetch_related("step_runs").get(pk=workflow_run.pk)
+        return Response(WorkflowRunSerializer(workflow_run).data, status=status.HTTP_201_CREATED)
+
+
+class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = WorkflowRun.objects.all()
+    serializer_class = WorkflowRunSerializer
+    filterset_class = WorkflowRunFilter
+    change_actions = ("cancel", "retry")
+
+    def get_queryset(self) -> Any:
+        return WorkflowRun.objects.select_related("workflow").prefetch_related("step_runs")
+
+    def _control(self, request: Request, control: Any) -> Response:
+        workflow_run = self.get_object()
+        control(workflow_run, by=actor_name(request))
+        return Response(WorkflowRunSerializer(self.get_queryset().get(pk=workflow_run.pk)).data)
+
+    @extend_schema(request=None, responses=WorkflowRunSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        return self._control(request, workflows.cancel)
+
+    @extend_schema(request=None, responses=WorkflowRunSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str) -> Response:
+        return self._control(request, workflows.retry)

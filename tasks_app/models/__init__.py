@@ -3,5 +3,18 @@ from __future__ import annotations
 from tasks_app.models.runs import Run, RunEvent, RunLog
 from tasks_app.models.schedules import MisfirePolicy, Schedule
 from tasks_app.models.tasks import ConcurrencyPolicy, Task
+from tasks_app.models.workflows import TriggerRule, Workflow, WorkflowRun, WorkflowState
 
-__all__ = ["ConcurrencyPolicy", "MisfirePolicy", "Run", "RunEvent", "RunLog", "Schedule", "Task"]
+__all__ = [
+    "ConcurrencyPolicy",
+    "MisfirePolicy",
+    "Run",
+    "RunEvent",
+    "RunLog",
+    "Schedule",
+    "Task",
+    "TriggerRule",
+    "Workflow",
+    "WorkflowRun",
+    "WorkflowState",
+]

@@ -7,7 +7,7 @@ from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from tasks_app import concurrency, dispatch, handlers
+from tasks_app import concurrency, dispatch, handlers, workflows
 from tasks_app.lifecycle import (
     TERMINAL_STATES,
     Actor,
@@ -88,6 +88,9 @@ class Run(models.Model):
     )
     # The instant a schedule meant this run for; lateness is created_at - scheduled_for.
     scheduled_for = models.DateTimeField(null=True, blank=True)
+    workflow_run = models.ForeignKey(
+        "tasks_app.WorkflowRun", on_delete=models.CASCADE, null=True, blank=True, related_name="step_runs"
+    )
     step = models.CharField(max_length=200, blank=True)
     # When a created or retrying run is next due to be sent (run_at, or backoff end).
     due_at = models.DateTimeField(null=True, blank=True)
@@ -134,6 +137,8 @@ class Run(models.Model):
         indexes = [
             # RunQuerySet.dispatch_due(): created, retrying or unsent pending runs now due.
             models.Index(fields=["state", "due_at"], name="run_state_due"),
+            # workflows.latest_runs(): a workflow run's steps.
+            models.Index(fields=["workflow_run", "step"], name="run_workflow_step"),
             # GET /runs/?created_after=...: newest-first lists bounded by date.
             models.Index(fields=["created_at"], name="run_created_at"),
         ]
@@ -214,6 +219,9 @@ class Run(models.Model):
             setattr(self, field, value)
         if target in TERMINAL_STATES and self.lock_token:
             transaction.on_commit(lambda: concurrency.release(self))
+        if target in TERMINAL_STATES and self.workflow_run_id and not getattr(self, "advancing", False):
+            workflow_run_id = self.workflow_run_id
+            transaction.on_commit(lambda: workflows.advance(workflow_run_id))
         return RunState(current)
 
     # --- operator controls (API, admin) -----------------------------------------------

@@ -58,11 +58,16 @@ class Schedule(models.Model):
 
     # What the API and the admin let a user set.
     EDITABLE_FIELDS = [
-        "task", "cron", "interval_seconds", "run_at", "timezone", "args", "kwargs",
+        "task", "workflow", "cron", "interval_seconds", "run_at", "timezone", "args", "kwargs",
         "start_at", "end_at", "misfire_policy", "enabled",
     ]  # fmt: skip
 
-    task = models.ForeignKey("tasks_app.Task", on_delete=models.CASCADE, related_name="schedules")
+    task = models.ForeignKey(
+        "tasks_app.Task", on_delete=models.CASCADE, null=True, blank=True, related_name="schedules"
+    )
+    workflow = models.ForeignKey(
+        "tasks_app.Workflow", on_delete=models.CASCADE, null=True, blank=True, related_name="schedules"
+    )
     cron = models.CharField(max_length=200, blank=True)
     interval_seconds = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     run_at = models.DateTimeField(null=True, blank=True)
@@ -104,6 +109,11 @@ class Schedule(models.Model):
                 name="schedule_exactly_one_kind",
             ),
             models.CheckConstraint(
+                condition=(Q(task__isnull=False) & Q(workflow__isnull=True))
+                | (Q(task__isnull=True) & Q(workflow__isnull=False)),
+                name="schedule_task_or_workflow",
+            ),
+            models.CheckConstraint(
                 condition=Q(interval_seconds__isnull=True) | Q(interval_seconds__gte=1),
                 name="schedule_interval_positive",
             ),
@@ -118,7 +128,11 @@ class Schedule(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"schedule {self.pk} of {self.task_id}: {self.kind_text}"
+        return f"schedule {self.pk} of {self.target_text}: {self.kind_text}"
+
+    @property
+    def target_text(self) -> str:
+        return f"task {self.task.name}" if self.task_id else f"workflow {self.workflow.name}"
 
     @property
     def kind_text(self) -> str:

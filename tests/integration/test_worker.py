@@ -144,3 +144,31 @@ def test_pause_and_resume_of_a_sleeping_run_continues_from_its_checkpoint(platfo
         (S.PENDING, S.RUNNING),
         (S.RUNNING, S.COMPLETED),
     ]
+
+
+def test_workflow_diamond_completes_on_a_worker_with_upstream_results(platform) -> None:
+    from tasks_app import workflows
+    from tasks_app.models import Workflow, WorkflowRun
+    from tasks_app.models.workflows import check_steps
+
+    Task.objects.create(name="noop", handler="builtin.noop")
+    steps = [
+        {"key": "A", "task": "noop", "kwargs": {"a": 1}},
+        {"key": "B", "task": "noop", "depends_on": ["A"], "kwargs": {"b": 1}},
+        {"key": "C", "task": "noop", "depends_on": ["A"], "kwargs": {"c": 1}},
+        {"key": "D", "task": "noop", "depends_on": ["B", "C"]},
+    ]
+    workflow = Workflow.objects.create(name="diamond", steps=check_steps(steps, {"noop"}))
+
+    workflow_run = workflows.start(workflow, by="tester")
+    wait_until(
+        lambda: WorkflowRun.objects.get(pk=workflow_run.pk).state == "completed",
+        timeout=30,
+        what="the diamond",
+    )
+
+    d = workflows.latest_runs(workflow_run.pk)["D"]
+    assert set(d.result["upstream"]) == {"B", "C"}
+    assert d.result["upstream"]["B"]["kwargs"] == {"b": 1}
+    b, c = (workflows.latest_runs(workflow_run.pk)[k] for k in "BC")
+    assert d.started_at >= max(b.finished_at, c.finished_at)  # fan-in waited for both

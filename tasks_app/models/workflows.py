@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import graphlib
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+
+class TriggerRule(models.TextChoices):
+    ALL_SUCCESS = "all_success", "every upstream step completed"
+    ALL_DONE = "all_done", "every upstream step finished, however"
+    ONE_SUCCESS = "one_success", "at least one upstream step completed"
+
+
+class WorkflowState(models.TextChoices):
+    RUNNING = "running", "steps are running or waiting"
+    COMPLETED = "completed", "every step completed or was skipped, none failed"
+    FAILED = "failed", "every step finished and one failed"
+    CANCELLED = "cancelled", "cancelled by an operator"
+
+
+class InvalidWorkflow(ValueError):
+    """A definition that cannot run; `field` and the message say why."""
+
+    def __init__(self, message: str, field: str = "steps") -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def check_steps(steps: Any, task_names: set[str]) -> list[dict[str, Any]]:
+    """Normalise a workflow's steps, or raise InvalidWorkflow naming the problem."""
+    if not isinstance(steps, list) or not steps:
+        raise InvalidWorkflow("Give a non-empty list of steps.")
+    normalised, keys = [], set()
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            raise InvalidWorkflow(f"Step {index} must be an object.")
+        key, task = step.get("key"), step.get("task")
+        if not isinstance(key, str) or not key:
+            raise InvalidWorkflow(f"Step {index} needs a key.")
+        if key in keys:
+            raise InvalidWorkflow(f"Duplicate step key {key!r}.")
+        keys.add(key)
+        if task not in task_names:
+            raise InvalidWorkflow(f"Step {key!r}: no task named {task!r}.")
+        depends_on = step.get("depends_on") or []
+        kwargs = step.get("kwargs") or {}
+        rule = step.get("trigger_rule") or TriggerRule.ALL_SUCCESS
+        if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+            raise InvalidWorkflow(f"Step {key!r}: depends_on must be a list of step keys.")
+        if not isinstance(kwargs, dict):
+            raise InvalidWorkflow(f"Step {key!r}: kwargs must be an object.")
+        if rule not in TriggerRule.values:
+            raise InvalidWorkflow(
+                f"Step {key!r}: trigger_rule must be one of {', '.join(TriggerRule.values)}."
+            )
+        normalised.append(
+            {"key": key, "task": task, "kwargs": kwargs, "depends_on": list(dict.fromkeys(depends_on)),
+             "trigger_rule": rule}
+        )  # fmt: skip
+    for step in normalised:
+        unknown = [d for d in step["depends_on"] if d not in keys]
+        if unknown:
+            raise InvalidWorkflow(
+                f"Step {step['key']!r} depends on unknown step(s) {', '.join(map(repr, unknown))}."
+            )
+    try:
+        graphlib.TopologicalSorter({s["key"]: s["depends_on"] for s in normalised}).prepare()
+    except graphlib.CycleError as exc:
+        cycle = exc.args[1]
+        raise InvalidWorkflow(f"The steps form a cycle: {' -> '.join(cycle)}.") from None
+    return normalised
+
+
+class Workflow(models.Model):
+    """A DAG of steps, each a task with its own kwargs, upstream steps and trigger rule."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    steps = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkflowRun(models.Model):
+    """One execution of a workflow: a run per step (the latest per key counts)."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="runs")
+    state = models.CharField(max_length=10, choices=WorkflowState.choices, default=WorkflowState.RUNNING)
+    # The steps as they were when it started: later edits of the workflow don't change it.
+    steps = models.JSONField(default=list)
+    schedule = models.ForeignKey(
+        "tasks_app.Schedule", on_delete=models.SET_NULL, null=True, blank=True, related_name="workflow_runs"
+    )
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_for"], name="workflow_run_one_per_schedule_instant"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"workflow run {self.pk} of {self.workflow_id} ({self.state})"

@@ -1,0 +1,265 @@
+"""Workflow definitions, trigger rules and the DAG engine, steps executed in-process."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tasks_app import workflows
+from tasks_app.execution import execute
+from tasks_app.lifecycle import RunState
+from tasks_app.models import Run, Schedule, Workflow, WorkflowRun
+from tasks_app.models.workflows import InvalidWorkflow, check_steps
+from tasks_app.workflows import RUN, SKIP, WAIT, verdict
+
+S = RunState
+TASKS = {"ok", "boom"}
+
+
+def step(key, depends_on=(), task="ok", rule="all_success", **kwargs):
+    return {"key": key, "task": task, "depends_on": list(depends_on), "trigger_rule": rule, "kwargs": kwargs}
+
+
+# --- definitions --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([], "non-empty list"),
+        ([step("a", task="missing")], "no task named 'missing'"),
+        ([step("a"), step("a")], "Duplicate step key 'a'"),
+        ([step("a", ["zz"])], "unknown step(s) 'zz'"),
+        ([step("a", ["c"]), step("b", ["a"]), step("c", ["b"])], "cycle"),
+        ([step("a", rule="sometimes")], "trigger_rule"),
+        ([{"task": "ok"}], "needs a key"),
+    ],
+)
+def test_invalid_definitions_are_refused(steps, message) -> None:
+    with pytest.raises(InvalidWorkflow, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_steps(steps, TASKS)
+
+
+def test_a_cycle_is_named_by_its_keys() -> None:
+    with pytest.raises(InvalidWorkflow) as refused:
+        check_steps([step("a", ["c"]), step("b", ["a"]), step("c", ["b"]), step("d")], TASKS)
+    assert {"a", "b", "c"} <= set(str(refused.value).split(": ")[1].rstrip(".").split(" -> "))
+    assert "d" not in str(refused.value)
+
+
+def test_valid_definition_is_normalised() -> None:
+    steps = check_steps(
+        [{"key": "a", "task": "ok"}, {"key": "b", "task": "ok", "depends_on": ["a", "a"]}], TASKS
+    )
+    assert steps[1] == {
+        "key": "b",
+        "task": "ok",
+        "kwargs": {},
+        "depends_on": ["a"],
+        "trigger_rule": "all_success",
+    }
+
+
+# --- trigger rules: the truth table --------------------------------------------------
+
+C, F, K, X, P = S.COMPLETED, S.FAILED, S.SKIPPED, S.CANCELLED, S.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("rule", "upstream", "expected"),
+    [
+        ("all_success", [], RUN),
+        ("all_success", [C, C], RUN),
+        ("all_success", [C, P], WAIT),
+        ("all_success", [C, F], SKIP),
+        ("all_success", [F, P], SKIP),
+        ("all_success", [K], SKIP),
+        ("all_success", [X, C], SKIP),
+        ("all_done", [C, F], RUN),
+        ("all_done", [K, X], RUN),
+        ("all_done", [C, P], WAIT),
+        ("one_success", [C, P], RUN),
+        ("one_success", [F, P], WAIT),
+        ("one_success", [F, K], SKIP),
+        ("one_success", [F, C], RUN),
+    ],
+)
+def test_trigger_rule_truth_table(rule, upstream, expected) -> None:
+    assert verdict(rule, upstream) == expected
+
+
+# --- the engine ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_step(django_capture_on_commit_callbacks):
+    def run_(workflow_run: WorkflowRun, key: str) -> Run:
+        run = workflows.latest_runs(workflow_run.pk)[key]
+        assert run.state == S.PENDING, f"{key} is {run.state}"
+        with django_capture_on_commit_callbacks(execute=True):
+            execute(run.pk, run.dispatches, hostname="w1")
+        run.refresh_from_db()
+        return run
+
+    return run_
+
+
+@pytest.fixture
+def diamond(make_task):
+    def make(rule="all_success", b_task="ok") -> Workflow:
+        make_task(name="ok", handler="builtin.noop")
+        make_task(name="boom", handler="tests.explode")
+        steps = [
+            step("A", x=1),
+            step("B", ["A"], task=b_task),
+            step("C", ["A"]),
+            step("D", ["B", "C"], rule=rule),
+        ]
+        return Workflow.objects.create(name="diamond", steps=check_steps(steps, TASKS))
+
+    return make
+
+
+def start(workflow, django_capture_on_commit_callbacks) -> WorkflowRun:
+    with django_capture_on_commit_callbacks(execute=True):
+        return workflows.start(workflow, by="tester")
+
+
+def states(workflow_run) -> dict[str, str]:
+    return {key: run.state for key, run in workflows.latest_runs(workflow_run.pk).items()}
+
+
+def test_diamond_fans_out_and_in_and_passes_results(
+    diamond, run_step, broker, django_capture_on_commit_callbacks
+) -> None:
+    workflow_run = start(diamond(), django_capture_on_commit_callbacks)
+    assert states(workflow_run) == {"A": S.PENDING, "B": S.CREATED, "C": S.CREATED, "D": S.CREATED}
+
+    run_step(workflow_run, "A")
+    assert states(workflow_run) == {"A": S.COMPLETED, "B": S.PENDING, "C": S.PENDING, "D": S.CREATED}
+    run_step(workflow_run, "B")
+    assert states(workflow_run)["D"] == S.CREATED  # fan-in waits for C
+    run_step(workflow_run, "C")
+    d = run_step(workflow_run, "D")
+
+    assert d.result["upstream"] == {
+        "B": {"kwargs": {}, "upstream": {"A": {"kwargs": {"x": 1}, "upstream": {}}}},
+        "C": {"kwargs": {}, "upstream": {"A": {"kwargs": {"x": 1}, "upstream": {}}}},
+    }
+    workflow_run.refresh_from_db()
+    assert workflow_run.state == "completed" and workflow_run.finished_at is not None
+    assert d.trigger == "workflow" and d.step == "D"
+
+
+def test_failed_step_skips_downstream_under_all_success(
+    diamond, run_step, broker, django_capture_on_commit_callbacks
+) -> None:
+    workflow_run = start(diamond(b_task="boom"), django_capture_on_commit_callbacks)
+    run_step(workflow_run, "A")
+    run_step(workflow_run, "B")
+    run_step(workflow_run, "C")
+
+    assert states(workflow_run) == {"A": S.COMPLETED, "B": S.FAILED, "C": S.COMPLETED, "D": S.SKIPPED}
+    d = workflows.latest_runs(workflow_run.pk)["D"]
+    assert d.events.last().reason == "all_success not met: B failed, C pending"  # decided at once
+    workflow_run.refresh_from_db()
+    assert workflow_run.state == "failed"
+
+
+def test_all_done_runs_downstream_of_a_failure(
+    diamond, run_step, broker, django_capture_on_commit_callbacks
+) -> None:
+    workflow_run = start(diamond(rule="all_done", b_task="boom"), django_capture_on_commit_callbacks)
+    for key in "ABC":
+        run_step(workflow_run, key)
+    run_step(workflow_run, "D")
+    assert states(workflow_run)["D"] == S.COMPLETED
+
+
+def test_retry_runs_only_the_failed_step_and_its_downstream(
+    diamond, run_step, broker, django_capture_on_commit_callbacks
+) -> None:
+    from tasks_app.models import Task
+
+    workflow_run = start(diamond(b_task="boom"), django_capture_on_commit_callbacks)
+    for key in "ABC":
+        run_step(workflow_run, key)
+    before = workflows.latest_runs(workflow_run.pk)
+    Task.objects.filter(name="boom").update(handler="builtin.noop")  # the cause is fixed
+
+    with django_capture_on_commit_callbacks(execute=True):
+        workflows.retry(workflow_run, by="tester")
+    after = workflows.latest_runs(workflow_run.pk)
+    assert {k for k in "ABCD" if after[k].pk != before[k].pk} == {"B", "D"}
+    assert after["A"].result == before["A"].result
+    run_step(workflow_run, "B")
+    run_step(workflow_run, "D")
+
+    workflow_run.refresh_from_db()
+    assert workflow_run.state == "completed"
+    assert Run.objects.filter(workflow_run=workflow_run).count() == 6
+
+
+def test_cancel_in_the_middle_leaves_nothing_running_and_nothing_new(
+    diamond, run_step, broker, django_capture_on_commit_callbacks
+) -> None:
+    workflow_run = start(diamond(), django_capture_on_commit_callbacks)
+    run_step(workflow_run, "A")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        workflows.cancel(workflow_run, by="tester")
+
+    assert states(workflow_run) == {"A": S.COMPLETED, "B": S.CANCELLED, "C": S.CANCELLED, "D": S.CANCELLED}
+    assert workflow_run.state == "cancelled"
+    b = workflows.latest_runs(workflow_run.pk)["B"]
+    execute(b.pk, b.dispatches, hostname="w1")  # its message arrives anyway
+    assert states(workflow_run)["B"] == S.CANCELLED
+    with pytest.raises(workflows.WorkflowConflict):
+        workflows.cancel(workflow_run)
+
+
+def test_two_completions_at_once_send_the_fan_in_step_once(
+    diamond, run_step, broker, django_capture_on_commit_callbacks
+) -> None:
+    workflow_run = start(diamond(), django_capture_on_commit_callbacks)
+    run_step(workflow_run, "A")
+    for key in "BC":
+        run = workflows.latest_runs(workflow_run.pk)[key]
+        run.claim(run.dispatches, "w1")
+        run.advancing = True  # the advances below stand for both workers' callbacks
+        run.complete({}, "w1")
+    workflows.advance(workflow_run.pk)
+    workflows.advance(workflow_run.pk)
+
+    d = workflows.latest_runs(workflow_run.pk)["D"]
+    assert (d.state, d.dispatches) == (S.PENDING, 1)
+    assert d.events.filter(to_state=S.PENDING).count() == 1
+
+
+def test_result_over_the_limit_fails_the_step_clearly(
+    make_task, run_step, broker, settings, django_capture_on_commit_callbacks
+) -> None:
+    settings.RUN_RESULT_MAX_BYTES = 50
+    make_task(name="big", handler="tests.echo_big")
+    workflow = Workflow.objects.create(
+        name="w", steps=check_steps([step("A", task="big", size=100)], {"big"})
+    )
+    workflow_run = start(workflow, django_capture_on_commit_callbacks)
+    a = run_step(workflow_run, "A")
+    assert (a.state, a.error["type"]) == (S.FAILED, "ResultTooLarge")
+
+
+def test_a_schedule_fires_a_workflow_once_per_instant(
+    diamond, broker, django_capture_on_commit_callbacks
+) -> None:
+    workflow = diamond()
+    t0 = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
+    schedule = Schedule.objects.create(workflow=workflow, interval_seconds=60, start_at=t0, next_fire_at=t0)
+    with django_capture_on_commit_callbacks(execute=True):
+        Schedule.objects.fire_due(now=t0)
+        Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=t0)  # as a stale scheduler saw it
+        Schedule.objects.fire_due(now=t0)
+    workflow_run = WorkflowRun.objects.get(schedule=schedule)
+    assert workflow_run.scheduled_for == t0
+    assert states(workflow_run)["A"] == S.PENDING
