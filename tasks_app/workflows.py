@@ -10,6 +10,7 @@ are handled one after the other: no step is sent twice, none is forgotten.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from django.db import transaction
@@ -19,6 +20,7 @@ from tasks_app import dispatch
 from tasks_app.lifecycle import TERMINAL_STATES, Actor, InvalidTransition, RunState, Trigger
 
 S = RunState
+logger = logging.getLogger(__name__)
 RUN, SKIP, WAIT = "run", "skip", "wait"
 
 
@@ -99,50 +101,50 @@ def latest_runs(workflow_run_id: int) -> dict[str, Any]:
 def advance(workflow_run_id: int) -> None:
     """Send the steps whose rule is met, skip those whose rule can no longer be, and
     close the workflow run once every step has finished."""
-    from tasks_app.models import Task, WorkflowRun, WorkflowState
+    from tasks_app.models import Run, WorkflowRun, WorkflowState
 
     with transaction.atomic():
         workflow_run = WorkflowRun.objects.select_for_update().filter(pk=workflow_run_id).first()
         if workflow_run is None or workflow_run.state != WorkflowState.RUNNING:
             return
-        current = latest_runs(workflow_run_id)
-        tasks = Task.objects.in_bulk({run.task_id for run in current.values()})
-        to_send = []
+        # States only: a 200-step workflow is advanced after each of its 200 steps.
+        state, ids = {}, {}
+        for pk, key, current_state in (
+            Run.objects.filter(workflow_run_id=workflow_run_id)
+            .order_by("id")
+            .values_list("id", "step", "state")
+        ):
+            state[key], ids[key] = current_state, pk
+        decided: dict[str, tuple[str, str]] = {}
         changed = True
         while changed:  # a skip can decide its downstream steps
             changed = False
             for step in workflow_run.steps:
-                run = current[step["key"]]
-                if run.state != S.CREATED:
+                key = step["key"]
+                if state[key] != S.CREATED:
                     continue
-                decision = verdict(step["trigger_rule"], [current[key].state for key in step["depends_on"]])
-                if decision == WAIT:
-                    continue
-                run.task = tasks[run.task_id]
-                run.advancing = True  # this call handles what its move leads to
-                try:
-                    if decision == RUN:
-                        run.move(
-                            S.PENDING,
-                            only_from=frozenset({S.CREATED}),
-                            new_message=True,
-                            reason="upstream steps done",
-                            actor=Actor.SYSTEM,
-                        )
-                        to_send.append(run)
-                    else:
-                        upstream = ", ".join(f"{k} {current[k].state}" for k in step["depends_on"])
-                        run.move(
-                            S.SKIPPED,
-                            only_from=frozenset({S.CREATED}),
-                            reason=f"{step['trigger_rule']} not met: {upstream}",
-                            actor=Actor.SYSTEM,
-                        )
-                        changed = True
-                except InvalidTransition:
-                    run.refresh_from_db(fields=["state"])
-        if all(run.state in TERMINAL_STATES for run in current.values()):
-            failed = any(run.state in (S.FAILED, S.CANCELLED) for run in current.values())
+                decision = verdict(step["trigger_rule"], [state[up] for up in step["depends_on"]])
+                if decision == RUN:
+                    decided[key], state[key] = (S.PENDING, "upstream steps done"), S.PENDING
+                elif decision == SKIP:
+                    upstream = ", ".join(f"{up} {state[up]}" for up in step["depends_on"])
+                    decided[key] = (S.SKIPPED, f"{step['trigger_rule']} not met: {upstream}")
+                    state[key], changed = S.SKIPPED, True
+        runs = Run.objects.select_related("task").in_bulk([ids[key] for key in decided])
+        to_send = []
+        for key, (target, reason) in decided.items():
+            run = runs[ids[key]]
+            run.advancing = True  # this call handles what its move leads to
+            try:
+                run.move(target, only_from=frozenset({S.CREATED}), new_message=target == S.PENDING,
+                         reason=reason, actor=Actor.SYSTEM)  # fmt: skip
+            except InvalidTransition as exc:  # moved meanwhile (a cancel): its own advance follows
+                logger.info("workflow run %s: %s", workflow_run_id, exc)
+                continue
+            if target == S.PENDING:
+                to_send.append(run)
+        if all(current in TERMINAL_STATES for current in state.values()):
+            failed = any(current in (S.FAILED, S.CANCELLED) for current in state.values())
             workflow_run.state = WorkflowState.FAILED if failed else WorkflowState.COMPLETED
             workflow_run.finished_at = timezone.now()
             workflow_run.save(update_fields=["state", "finished_at"])
@@ -202,10 +204,14 @@ def retry(workflow_run: Any, *, by: str = "") -> None:
 
 
 def upstream_results(run: Any) -> dict[str, Any]:
-    """The results of a step's upstream steps, by key."""
-    from tasks_app.models import WorkflowRun
+    """The results of a step's upstream steps, by key (their latest runs')."""
+    from tasks_app.models import Run, WorkflowRun
 
     steps = WorkflowRun.objects.values_list("steps", flat=True).get(pk=run.workflow_run_id)
     depends_on = next((s["depends_on"] for s in steps if s["key"] == run.step), [])
-    current = latest_runs(run.workflow_run_id)
-    return {key: current[key].result for key in depends_on if key in current}
+    rows = (
+        Run.objects.filter(workflow_run_id=run.workflow_run_id, step__in=depends_on)
+        .order_by("id")
+        .values_list("step", "result")
+    )
+    return dict(rows)  # later rows (retries) override earlier ones
