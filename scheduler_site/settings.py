@@ -250,6 +250,12 @@ SCHEDULE_MISFIRE_GRACE = env_number("SCHEDULE_MISFIRE_GRACE", 60, minimum=0)
 SCHEDULE_CATCH_UP_MAX = int(env_number("SCHEDULE_CATCH_UP_MAX", 100, minimum=1))
 # Expiry of a task's concurrency lock (s); beat extends the locks of active runs.
 CONCURRENCY_LOCK_TTL = env_number("CONCURRENCY_LOCK_TTL", 60, minimum=3)
+# Workers heartbeat every WORKER_HEARTBEAT_INTERVAL seconds and are offline after
+# WORKER_MISSED_HEARTBEATS missed beats; their running runs then move on.
+WORKER_HEARTBEAT_INTERVAL = env_number("WORKER_HEARTBEAT_INTERVAL", 5, minimum=0.1)
+WORKER_MISSED_HEARTBEATS = int(env_number("WORKER_MISSED_HEARTBEATS", 3, minimum=1))
+# A pending run whose queue is empty this long (s) lost its message: it is sent again.
+PENDING_RESEND_AFTER = env_number("PENDING_RESEND_AFTER", 30, minimum=1)
 # Hosts builtin.http may reach; empty means none.
 BUILTIN_HTTP_ALLOWED_HOSTS = env_list("BUILTIN_HTTP_ALLOWED_HOSTS", [])
 

@@ -17,7 +17,7 @@ from django.utils.safestring import mark_safe
 
 from tasks_app import handlers, scheduling, workflows
 from tasks_app.lifecycle import Actor, InvalidTransition
-from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Workflow, WorkflowRun
+from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
 from tasks_app.models.schedules import timing_problems
 from tasks_app.models.workflows import InvalidWorkflow, check_steps
 from tasks_app.querysets import RunRequest
@@ -359,3 +359,21 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 control(workflow_run, by=request.user.get_username())
             except workflows.WorkflowConflict as exc:
                 self.message_user(request, str(exc), messages.WARNING)
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = ["hostname", "is_online", "concurrency", "queues", "active_runs", "last_heartbeat", "pid"]
+    readonly_fields = ["hostname", "queues", "concurrency", "pid", "version", "started_at", "last_heartbeat",
+                       "stopped_at"]  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # workers record themselves
+
+    @admin.display(boolean=True, description="online")
+    def is_online(self, worker: Worker) -> bool:
+        return worker.online
+
+    @admin.display(description="active runs")
+    def active_runs(self, worker: Worker) -> int:
+        return Run.objects.filter(state="running", worker=worker.hostname).count()

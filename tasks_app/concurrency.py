@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from functools import cache
 from typing import TYPE_CHECKING
 
 import redis
@@ -56,9 +55,8 @@ return 0
 """
 
 
-@cache
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, decode_responses=True)
+    return dispatch.broker_client()
 
 
 def _keys(task_id: int) -> list[str]:

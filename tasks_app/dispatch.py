@@ -12,9 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import current_app
+from django.conf import settings
 from django.utils import timezone
 
 from tasks_app.models.tasks import PRIORITY_MAX
@@ -80,6 +83,12 @@ def _send(app: Any, producer: Any, run: Run) -> None:
         time_limit=task.time_limit,
         producer=producer,
     )
+
+
+@cache
+def broker_client() -> redis.Redis:
+    """A plain Redis client on the broker (locks, queue inspection)."""
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, decode_responses=True)
 
 
 def revoke(message_id: str, *, terminate: bool) -> None:

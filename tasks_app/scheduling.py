@@ -28,7 +28,7 @@ from django_celery_beat.models import (
 )
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from tasks_app import concurrency
+from tasks_app import concurrency, recovery
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ MIRROR_TASK = "tasks_app.schedule"  # a name only: the platform fires these, nev
 
 class PlatformScheduler(DatabaseScheduler):
     _locks_extended_at = 0.0
+    _swept_at = 0.0
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = super().tick(*args, **kwargs)
@@ -69,6 +70,13 @@ class PlatformScheduler(DatabaseScheduler):
             if done:
                 logger.info("%s: %d", name, done)
             busy = busy or done >= BATCH
+        if time.monotonic() - self._swept_at > settings.WORKER_HEARTBEAT_INTERVAL:
+            self._swept_at = time.monotonic()
+            for sweep in (recovery.recover_lost_runs, recovery.resend_lost_messages):
+                try:
+                    sweep()
+                except Exception:
+                    logger.exception("%s failed", sweep.__name__)
         if time.monotonic() - self._locks_extended_at > settings.CONCURRENCY_LOCK_TTL / 3:
             self._locks_extended_at = time.monotonic()
             try:

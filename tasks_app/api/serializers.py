@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app import handlers, timing
-from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Workflow, WorkflowRun
+from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
 from tasks_app.models.schedules import KINDS, timing_problems
 from tasks_app.models.tasks import PRIORITY_MAX, name_validator
 from tasks_app.models.workflows import InvalidWorkflow, check_steps
@@ -318,3 +318,24 @@ class WorkflowRunSerializer(serializers.ModelSerializer):
                 }
             )
         return steps
+
+
+class WorkerSerializer(serializers.ModelSerializer):
+    status = serializers.SerializerMethodField()
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Worker
+        fields = [
+            "hostname", "status", "queues", "concurrency", "active", "last_heartbeat", "started_at", "pid",
+            "version",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_status(self, worker: Worker) -> str:
+        return "online" if worker.online else "offline"
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_active(self, worker: Worker) -> int:
+        """Runs it is executing now."""
+        return getattr(worker, "active_runs", 0)

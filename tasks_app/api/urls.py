@@ -7,6 +7,7 @@ from tasks_app.api.views import (
     RunViewSet,
     ScheduleViewSet,
     TaskViewSet,
+    WorkerViewSet,
     WorkflowRunViewSet,
     WorkflowViewSet,
 )
@@ -18,5 +19,6 @@ router.register("runs", RunViewSet, basename="run")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("workflow-runs", WorkflowRunViewSet, basename="workflow-run")
+router.register("workers", WorkerViewSet, basename="worker")
 
 urlpatterns = router.urls

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Count, IntegerField, OuterRef, Subquery
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -27,12 +28,13 @@ from tasks_app.api.serializers import (
     SchedulePreviewSerializer,
     ScheduleSerializer,
     TaskSerializer,
+    WorkerSerializer,
     WorkflowRunSerializer,
     WorkflowSerializer,
     request_of,
 )
-from tasks_app.lifecycle import Trigger
-from tasks_app.models import Run, Schedule, Task, Workflow, WorkflowRun, WorkflowState
+from tasks_app.lifecycle import RunState, Trigger
+from tasks_app.models import Run, Schedule, Task, Worker, Workflow, WorkflowRun, WorkflowState
 from tasks_app.querysets import RunRequest
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -300,3 +302,19 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         return self._control(request, workflows.retry)
+
+
+class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Celery workers seen alive, online or offline, with the runs they execute."""
+
+    queryset = Worker.objects.all()
+    serializer_class = WorkerSerializer
+    lookup_field = "hostname"
+    lookup_value_regex = "[^/]+"
+    pagination_class = OldestFirstCursorPagination
+
+    def get_queryset(self) -> Any:
+        running = Run.objects.filter(state=RunState.RUNNING, worker=OuterRef("hostname")).values("worker")
+        return Worker.objects.annotate(
+            active_runs=Subquery(running.annotate(n=Count("id")).values("n")[:1], output_field=IntegerField())
+        )

@@ -311,21 +311,22 @@ class Run(models.Model):
             error=error,
         )
 
-    def fail_or_retry(self, error: dict[str, Any], *, hostname: str) -> None:
+    def fail_or_retry(self, error: dict[str, Any], *, hostname: str, reason: str = "") -> None:
         """After a failed attempt: retry after the task's backoff while retries remain."""
         task = self.task
+        why = reason or error["type"]
         if self.retries >= task.max_retries:
             attempts = f"{self.attempt} attempt{'s' if self.attempt != 1 else ''}"
-            self.fail(error, reason=f"{error['type']} after {attempts}", hostname=hostname)
+            self.fail(error, reason=f"{why} after {attempts}" if not reason else reason, hostname=hostname)
             return
         delay = task.retry_delay(self.retries)
         now = timezone.now()
         self.move(
             S.RETRYING,
             where={"dispatches": self.dispatches},
-            actor=Actor.WORKER,
+            actor=Actor.WORKER if hostname else Actor.SYSTEM,
             actor_name=hostname,
-            reason=f"{error['type']}; retry {self.retries + 1} of {task.max_retries} in {delay:.3f}s",
+            reason=f"{why}; retry {self.retries + 1} of {task.max_retries} in {delay:.3f}s",
             error=error,
             retries=self.retries + 1,
             at=now,

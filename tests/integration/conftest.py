@@ -47,6 +47,18 @@ class Process:
         self._file.close()
 
 
+def process_env() -> dict[str, str]:
+    """Worker and beat settings for the tests: the test database, quick sweeps."""
+    return {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "RUN_DISPATCH_INTERVAL": "0.1",
+        "WORKER_HEARTBEAT_INTERVAL": "0.5",
+        "WORKER_MISSED_HEARTBEATS": "2",
+        "PENDING_RESEND_AFTER": "2",
+    }
+
+
 def _database_url() -> str:
     db = connections["default"].settings_dict
     password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
@@ -60,7 +72,7 @@ def platform(
     """A worker (prefork, 2 processes) and a beat, started once for the session."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     logs = tmp_path_factory.mktemp("processes")
-    env = {**os.environ, "DATABASE_URL": _database_url(), "RUN_DISPATCH_INTERVAL": "0.1"}
+    env = process_env()
     processes = {
         "worker": Process(
             "worker",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +11,7 @@ from django.utils import timezone
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Schedule, Task
 from tests.conftest import wait_until
-from tests.integration.conftest import Process, _database_url
+from tests.integration.conftest import Process, process_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -20,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 @pytest.fixture
 def more_beats(platform, tmp_path) -> Iterator[list[Process]]:
     """Two more beats beside the platform fixture's one: three in all."""
-    env = {**os.environ, "DATABASE_URL": _database_url(), "RUN_DISPATCH_INTERVAL": "0.1"}
+    env = process_env()
     beats = [
         Process(
             f"beat{n}",

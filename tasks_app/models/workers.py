@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Worker(models.Model):
+    """A Celery worker seen alive: it records itself and heartbeats (tasks_app.recovery)."""
+
+    hostname = models.CharField(max_length=255, unique=True)
+    queues = models.JSONField(default=list)
+    concurrency = models.PositiveIntegerField(default=0)
+    pid = models.PositiveIntegerField(default=0)
+    version = models.CharField(max_length=50, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @staticmethod
+    def online_since(now: dt.datetime | None = None) -> dt.datetime:
+        """Heartbeats after this instant mean online."""
+        missed = settings.WORKER_HEARTBEAT_INTERVAL * settings.WORKER_MISSED_HEARTBEATS
+        return (now or timezone.now()) - dt.timedelta(seconds=missed)
+
+    @property
+    def online(self) -> bool:
+        return self.stopped_at is None and self.last_heartbeat > self.online_since()

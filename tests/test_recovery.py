@@ -1,0 +1,105 @@
+"""Worker registry and the recovery sweeps, with a controlled clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import time_machine
+from django.utils import timezone
+
+from tasks_app.lifecycle import RunState
+from tasks_app.models import Run, Worker
+from tasks_app.recovery import record_worker, recover_lost_runs, resend_lost_messages
+from tests.conftest import queued_ids
+
+S = RunState
+NOW = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
+
+
+def ago(seconds: float) -> dt.datetime:
+    return NOW - dt.timedelta(seconds=seconds)
+
+
+def test_worker_records_itself_and_goes_offline_after_missed_heartbeats(db) -> None:
+    with time_machine.travel(ago(60), tick=False):
+        record_worker("w1@host", queues=["default"], concurrency=2)
+    with time_machine.travel(ago(2), tick=False):
+        record_worker("w2@host", queues=["default", "reports"], concurrency=4)
+
+    with time_machine.travel(NOW, tick=False):
+        online = {w.hostname: w.online for w in Worker.objects.all()}
+    assert online == {"w1@host": False, "w2@host": True}  # 5 s beats, 3 missed = 15 s
+
+
+def test_workers_endpoint_shows_status_queues_and_active_runs(reader, task, make_run) -> None:
+    record_worker("w1@host", queues=["default"], concurrency=2)
+    make_run(task, S.RUNNING, worker="w1@host")
+    make_run(task, S.COMPLETED, worker="w1@host")
+
+    response = reader.get("/api/v1/workers/")
+
+    assert response.status_code == 200
+    (worker,) = response.data["results"]
+    assert {k: worker[k] for k in ("hostname", "status", "queues", "concurrency", "active")} == {
+        "hostname": "w1@host", "status": "online", "queues": ["default"], "concurrency": 2, "active": 1,
+    }  # fmt: skip
+    assert "last_heartbeat" in worker
+
+
+def test_workers_endpoint_needs_a_signed_in_user(anonymous) -> None:
+    assert anonymous.get("/api/v1/workers/").status_code == 401
+
+
+def test_run_on_an_offline_worker_is_retried_or_failed(make_task, make_run) -> None:
+    with time_machine.travel(ago(100), tick=False):
+        record_worker("dead@host", queues=["default"], concurrency=2)
+    with time_machine.travel(ago(1), tick=False):
+        record_worker("alive@host", queues=["default"], concurrency=2)
+    retried = make_run(make_task(max_retries=1), S.RUNNING, worker="dead@host", started_at=ago(90))
+    failed = make_run(make_task(max_retries=0), S.RUNNING, worker="dead@host", started_at=ago(90))
+    healthy = make_run(make_task(), S.RUNNING, worker="alive@host", started_at=ago(90))
+    unknown = make_run(make_task(), S.RUNNING, worker="never-seen@host", started_at=ago(90))
+    just_started = make_run(make_task(), S.RUNNING, worker="dead@host", started_at=ago(1))
+
+    with time_machine.travel(NOW, tick=False):
+        assert recover_lost_runs() == 3
+
+    states = {r.pk: r.state for r in Run.objects.all()}
+    assert states[retried.pk] == S.RETRYING
+    assert states[failed.pk] == S.FAILED and states[unknown.pk] == S.FAILED
+    assert states[healthy.pk] == S.RUNNING and states[just_started.pk] == S.RUNNING
+    assert Run.objects.get(pk=failed.pk).events.last().reason == "worker lost"
+    assert Run.objects.get(pk=retried.pk).error["type"] == "WorkerLost"
+
+
+def test_pending_run_whose_message_was_lost_is_sent_again(make_task, make_run, broker) -> None:
+    task = make_task()
+    lost = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(60))
+    recent = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(5))
+
+    with time_machine.travel(NOW, tick=False):
+        assert resend_lost_messages() == 1
+
+    lost.refresh_from_db()
+    assert lost.dispatches == 2
+    assert queued_ids(broker) == [f"{lost.pk}.2"]
+    assert Run.objects.get(pk=recent.pk).dispatches == 1
+
+
+def test_nothing_is_sent_again_while_the_queue_or_a_worker_holds_messages(
+    make_task, make_run, broker
+) -> None:
+    run = make_run(make_task(), S.PENDING, dispatches=1, state_changed_at=ago(60))
+    broker.lpush("default", b"{}")
+    with time_machine.travel(NOW, tick=False):
+        assert resend_lost_messages() == 0
+    broker.delete("default")
+    broker.hset("unacked", "tag", b"{}")
+    with time_machine.travel(NOW, tick=False):
+        assert resend_lost_messages() == 0
+    assert Run.objects.get(pk=run.pk).dispatches == 1
+
+
+def test_timestamps_in_the_registry_are_aware(db) -> None:
+    record_worker("w@h", queues=[], concurrency=1)
+    assert timezone.is_aware(Worker.objects.get().last_heartbeat)
