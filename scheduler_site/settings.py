@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -184,7 +185,16 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["tasks_app.api.parsers.BoundedJSONParser"],
+}
+# Submissions per user (DRF rate: N/s, N/min, N/hour); counted in the shared cache.
+SUBMIT_THROTTLE_RATE = env_str("SUBMIT_THROTTLE_RATE", "6000/min")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env_str("CACHE_URL", env_str("REDIS_URL", "redis://127.0.0.1:6379/0")),
+        "KEY_PREFIX": "scheduler",
+    }
 }
 
 SPECTACULAR_SETTINGS = {
@@ -235,6 +245,10 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
 CELERY_BEAT_SCHEDULER = "tasks_app.scheduling:PlatformScheduler"
+CELERY_BEAT_SCHEDULE = {
+    # Built in: old runs, events and logs are pruned (tasks_app.retention), daily at 03:17.
+    "prune old runs": {"task": "tasks_app.prune", "schedule": crontab(minute="17", hour="3")},
+}
 # Celery's Django fixup closes the database connection around every task; keep it
 # open instead (execution.py closes it when it is unusable or older than CONN_MAX_AGE).
 CELERY_DB_REUSE_MAX = 1_000_000
@@ -256,6 +270,8 @@ WORKER_HEARTBEAT_INTERVAL = env_number("WORKER_HEARTBEAT_INTERVAL", 5, minimum=0
 WORKER_MISSED_HEARTBEATS = int(env_number("WORKER_MISSED_HEARTBEATS", 3, minimum=1))
 # A pending run whose queue is empty this long (s) lost its message: it is sent again.
 PENDING_RESEND_AFTER = env_number("PENDING_RESEND_AFTER", 30, minimum=1)
+# Finished runs, their events and logs are pruned this many days after they finished.
+RUN_RETENTION_DAYS = env_number("RUN_RETENTION_DAYS", 30, minimum=1)
 # Hosts builtin.http may reach; empty means none.
 BUILTIN_HTTP_ALLOWED_HOSTS = env_list("BUILTIN_HTTP_ALLOWED_HOSTS", [])
 

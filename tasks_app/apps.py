@@ -10,6 +10,6 @@ class TasksAppConfig(AppConfig):
 
     def ready(self) -> None:
         # Register the built-in handlers, then every installed app's `handlers` module.
-        from tasks_app import builtin_handlers, recovery  # noqa: F401 - registration, signals
+        from tasks_app import builtin_handlers, recovery, retention  # noqa: F401 - registration, signals
 
         autodiscover_modules("handlers")

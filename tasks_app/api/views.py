@@ -33,6 +33,7 @@ from tasks_app.api.serializers import (
     WorkflowSerializer,
     request_of,
 )
+from tasks_app.api.throttles import SubmitThrottle
 from tasks_app.lifecycle import RunState, Trigger
 from tasks_app.models import Run, Schedule, Task, Worker, Workflow, WorkflowRun, WorkflowState
 from tasks_app.querysets import RunRequest
@@ -89,6 +90,9 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     queryset = Run.objects.all()
     filterset_class = RunFilter
     change_actions = ("cancel", "pause", "resume", "retry")
+
+    def get_throttles(self) -> Any:
+        return [SubmitThrottle()] if self.action in ("create", "bulk") else []
 
     def get_queryset(self) -> Any:
         return Run.objects.select_related("task")

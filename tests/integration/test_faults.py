@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 
 import pytest
+from django.utils import timezone
 
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Task, Worker
@@ -80,3 +82,22 @@ def test_sigkill_of_a_worker_mid_run_ends_with_the_run_completed_once(platform, 
         victim.stop()
         if rescuer is not None:
             rescuer.stop()
+
+
+def test_a_pickled_message_runs_nothing(platform) -> None:
+    from scheduler_site.celery import app
+
+    task = Task.objects.create(name="noop", handler="builtin.noop")
+    # A due_at a day on keeps beat's resend sweep away: only the pickled message could run it.
+    run = Run.objects.create(
+        task=task, state=S.PENDING, dispatches=1, due_at=timezone.now() + dt.timedelta(days=1)
+    )
+    # Straight into the queue, as an attacker with broker access would: pickle, not JSON.
+    with app.producer_or_acquire() as producer:
+        app.send_task("builtin.noop", args=[run.pk, 1], task_id=f"{run.pk}.1", queue="default",
+                      serializer="pickle", producer=producer)  # fmt: skip
+    wait_until(lambda: "disallowed" in platform["worker"].output().lower(), timeout=20, what="the refusal")
+
+    run.refresh_from_db()
+    print(f"injected: a pickled message for run {run.pk}; counted: state {run.state}, attempts {run.attempt}")
+    assert (run.state, run.attempt) == (S.PENDING, 0)

@@ -1,0 +1,56 @@
+"""Pruning old history: finished runs, their events and logs, and finished workflow runs.
+
+A built-in beat entry (CELERY_BEAT_SCHEDULE, "prune old runs") sends `tasks_app.prune`
+daily. Rows go in batches of short DELETEs, so the tables are never locked for long.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from celery import shared_task
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from tasks_app.lifecycle import TERMINAL_STATES
+
+logger = logging.getLogger(__name__)
+
+
+def prune(now: dt.datetime | None = None, batch: int = 1000) -> int:
+    """Delete what finished more than RUN_RETENTION_DAYS ago; returns the runs deleted."""
+    from tasks_app.models import Run, RunEvent, RunLog, WorkflowRun
+
+    cutoff = (now or timezone.now()) - dt.timedelta(days=settings.RUN_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        ids = list(
+            Run.objects.filter(
+                state__in=TERMINAL_STATES, finished_at__lt=cutoff, workflow_run__isnull=True
+            ).values_list("pk", flat=True)[:batch]
+        )
+        if not ids:
+            break
+        with transaction.atomic():
+            RunEvent.objects.filter(run_id__in=ids).delete()
+            RunLog.objects.filter(run_id__in=ids).delete()
+            deleted += Run.objects.filter(pk__in=ids).delete()[1].get("tasks_app.Run", 0)
+    for workflow_run_id in WorkflowRun.objects.filter(finished_at__lt=cutoff).values_list("pk", flat=True)[
+        :batch
+    ]:
+        with transaction.atomic():
+            ids = list(Run.objects.filter(workflow_run_id=workflow_run_id).values_list("pk", flat=True))
+            RunEvent.objects.filter(run_id__in=ids).delete()
+            RunLog.objects.filter(run_id__in=ids).delete()
+            deleted += Run.objects.filter(pk__in=ids).delete()[1].get("tasks_app.Run", 0)
+            WorkflowRun.objects.filter(pk=workflow_run_id).delete()
+    if deleted:
+        logger.info("pruned %d run(s) finished before %s", deleted, cutoff.isoformat())
+    return deleted
+
+
+@shared_task(name="tasks_app.prune")
+def prune_task() -> int:
+    return prune()
