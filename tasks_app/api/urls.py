@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from tasks_app.api.views import (
-    HandlerViewSet,
+    HandlerList,
     RunViewSet,
     ScheduleViewSet,
     TaskViewSet,
@@ -13,7 +14,6 @@ from tasks_app.api.views import (
 )
 
 router = DefaultRouter(trailing_slash=True)
-router.register("handlers", HandlerViewSet, basename="handler")
 router.register("tasks", TaskViewSet, basename="task")
 router.register("runs", RunViewSet, basename="run")
 router.register("schedules", ScheduleViewSet, basename="schedule")
@@ -21,4 +21,4 @@ router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("workflow-runs", WorkflowRunViewSet, basename="workflow-run")
 router.register("workers", WorkerViewSet, basename="worker")
 
-urlpatterns = router.urls
+urlpatterns = [path("handlers/", HandlerList.as_view(), name="handler-list"), *router.urls]

@@ -13,6 +13,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from tasks_app import handlers, scheduling, timing, workflows
 from tasks_app.api.errors import Conflict
@@ -45,11 +46,10 @@ def actor_name(request: Request) -> str:
     return request.user.get_username()
 
 
-class HandlerViewSet(viewsets.ViewSet):
+class HandlerList(APIView):
     """Registered handlers: what tasks can use. Read-only; handlers are code."""
 
     permission_classes = [IsAuthenticated]
-    serializer_class = HandlerSerializer
 
     @extend_schema(
         responses=inline_serializer(
@@ -61,7 +61,7 @@ class HandlerViewSet(viewsets.ViewSet):
             },
         )
     )
-    def list(self, request: Request) -> Response:
+    def get(self, request: Request) -> Response:
         data = HandlerSerializer(handlers.all_handlers(), many=True).data
         return Response({"results": data, "next": None, "previous": None})
 
