@@ -19,7 +19,7 @@ from tasks_app import handlers, scheduling, workflows
 from tasks_app.lifecycle import Actor, InvalidTransition
 from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
 from tasks_app.models.schedules import timing_problems
-from tasks_app.models.workflows import InvalidWorkflow, check_steps
+from tasks_app.models.workflows import InvalidWorkflow, validate_steps
 from tasks_app.querysets import RunRequest
 
 
@@ -240,15 +240,8 @@ class WorkflowForm(forms.ModelForm):
         fields = ["name", "description", "steps"]
 
     def clean_steps(self) -> Any:
-        steps = self.cleaned_data["steps"]
-        named = {s.get("task") for s in steps if isinstance(s, dict)} if isinstance(steps, list) else set()
-        existing = set(
-            Task.objects.filter(name__in=[n for n in named if isinstance(n, str)]).values_list(
-                "name", flat=True
-            )
-        )
         try:
-            return check_steps(steps, existing)
+            return validate_steps(self.cleaned_data["steps"])
         except InvalidWorkflow as exc:
             raise forms.ValidationError(str(exc)) from None
 

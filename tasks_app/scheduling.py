@@ -70,20 +70,21 @@ class PlatformScheduler(DatabaseScheduler):
             if done:
                 logger.info("%s: %d", name, done)
             busy = busy or done >= BATCH
-        if time.monotonic() - self._swept_at > settings.WORKER_HEARTBEAT_INTERVAL:
-            self._swept_at = time.monotonic()
-            for sweep in (recovery.recover_lost_runs, recovery.resend_lost_messages):
-                try:
-                    sweep()
-                except Exception:
-                    logger.exception("%s failed", sweep.__name__)
-        if time.monotonic() - self._locks_extended_at > settings.CONCURRENCY_LOCK_TTL / 3:
-            self._locks_extended_at = time.monotonic()
-            try:
-                concurrency.extend_active()
-            except Exception:
-                logger.exception("could not extend the concurrency locks")
+        self._every("_swept_at", settings.WORKER_HEARTBEAT_INTERVAL,
+                    recovery.recover_lost_runs, recovery.resend_lost_messages)  # fmt: skip
+        self._every("_locks_extended_at", settings.CONCURRENCY_LOCK_TTL / 3, concurrency.extend_active)
         return busy
+
+    def _every(self, clock: str, seconds: float, *jobs: Any) -> None:
+        """Run `jobs` if `seconds` have passed since the last time (kept in attribute `clock`)."""
+        if time.monotonic() - getattr(self, clock) < seconds:
+            return
+        setattr(self, clock, time.monotonic())
+        for job in jobs:
+            try:
+                job()
+            except Exception:
+                logger.exception("%s failed", job.__name__)
 
 
 def mirror(schedule: Any) -> None:

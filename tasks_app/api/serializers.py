@@ -11,7 +11,7 @@ from tasks_app import handlers, timing
 from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
 from tasks_app.models.schedules import KINDS, timing_problems
 from tasks_app.models.tasks import PRIORITY_MAX, name_validator
-from tasks_app.models.workflows import InvalidWorkflow, check_steps
+from tasks_app.models.workflows import InvalidWorkflow, validate_steps
 from tasks_app.querysets import RunRequest
 
 BULK_MAX = 1000
@@ -252,18 +252,8 @@ class WorkflowSerializer(serializers.ModelSerializer):
         return value
 
     def validate_steps(self, value: Any) -> list[dict[str, Any]]:
-        named = (
-            {step.get("task") for step in value if isinstance(step, dict)}
-            if isinstance(value, list)
-            else set()
-        )
-        existing = set(
-            Task.objects.filter(name__in=[n for n in named if isinstance(n, str)]).values_list(
-                "name", flat=True
-            )
-        )
         try:
-            return check_steps(value, existing)
+            return validate_steps(value)
         except InvalidWorkflow as exc:
             raise serializers.ValidationError(str(exc)) from None
 

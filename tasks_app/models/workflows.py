@@ -73,6 +73,17 @@ def check_steps(steps: Any, task_names: set[str]) -> list[dict[str, Any]]:
     return normalised
 
 
+def validate_steps(steps: Any) -> list[dict[str, Any]]:
+    """check_steps() against the tasks that exist now."""
+    from tasks_app.models import Task
+
+    named = {s.get("task") for s in steps if isinstance(s, dict)} if isinstance(steps, list) else set()
+    existing = Task.objects.filter(name__in=[n for n in named if isinstance(n, str)]).values_list(
+        "name", flat=True
+    )
+    return check_steps(steps, set(existing))
+
+
 class Workflow(models.Model):
     """A DAG of steps, each a task with its own kwargs, upstream steps and trigger rule."""
 
