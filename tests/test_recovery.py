@@ -46,6 +46,11 @@ def test_workers_endpoint_shows_status_queues_and_active_runs(reader, task, make
     assert "last_heartbeat" in worker
 
 
+def test_idle_worker_has_zero_active_runs(reader) -> None:
+    record_worker("idle@host", queues=["default"], concurrency=2)
+    assert reader.get("/api/v1/workers/").data["results"][0]["active"] == 0
+
+
 def test_workers_endpoint_needs_a_signed_in_user(anonymous) -> None:
     assert anonymous.get("/api/v1/workers/").status_code == 401
 

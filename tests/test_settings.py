@@ -64,3 +64,37 @@ def test_celery_accepts_json_only() -> None:
 @pytest.mark.django_db
 def test_migrations_are_up_to_date() -> None:
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+def test_embedded_sqlite_default_keeps_its_triggers_after_every_migration(tmp_path) -> None:
+    """The run command's SQLite: table rebuilds by later migrations must not lose the triggers."""
+    import sqlite3
+
+    db = tmp_path / "db.sqlite3"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{db}",
+        "DJANGO_SETTINGS_MODULE": "scheduler_site.settings",
+        "REDIS_URL": "redis://127.0.0.1:1/0",  # nothing here needs the broker
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
+
+    triggers = sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+    assert {row[0] for row in triggers} == {
+        "tasks_app_run_inserted",
+        "tasks_app_run_moved",
+        "tasks_app_schedule_inserted",
+        "tasks_app_schedule_retimed",
+    }
+    script = (
+        "from tasks_app.models import Run, Schedule, Task; from tasks_app.querysets import RunRequest;"
+        "t = Task.objects.create(name='t', handler='builtin.noop');"
+        "r = Run.objects.submit_many([RunRequest(task=t)])[0]; r.claim(1, 'w'); r.complete({}, 'w');"
+        "s = Schedule.objects.create(task=t, interval_seconds=5); s.refresh_from_db();"
+        "print(list(r.events.values_list('to_state', flat=True)), s.next_fire_at.year)"
+    )
+    shown = subprocess.run(
+        [*manage, "shell", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "['created', 'pending', 'running', 'completed'] 1970" in shown.stdout, shown.stderr[-2000:]

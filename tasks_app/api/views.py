@@ -4,6 +4,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -319,6 +320,5 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     def get_queryset(self) -> Any:
         running = Run.objects.filter(state=RunState.RUNNING, worker=OuterRef("hostname")).values("worker")
-        return Worker.objects.annotate(
-            active_runs=Subquery(running.annotate(n=Count("id")).values("n")[:1], output_field=IntegerField())
-        )
+        count = Subquery(running.annotate(n=Count("id")).values("n")[:1], output_field=IntegerField())
+        return Worker.objects.annotate(active_runs=Coalesce(count, 0))
