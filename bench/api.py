@@ -26,15 +26,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wait_until
+from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until
 
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DB_URL,
-    "REDIS_URL": BROKER_URL,
-    "DJANGO_SETTINGS_MODULE": "bench.api_settings",
-    "PYTHONPATH": str(ROOT),
-}
+ENV = platform_env("bench.api_settings")
 WORKERS = os.environ.get("BENCH_GUNICORN_WORKERS", "2")
 ENDPOINTS = {
     "platform": ("/api/v1/runs/", {"task": "bench-noop", "kwargs": {"n": 1}}),

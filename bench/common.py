@@ -14,6 +14,18 @@ DB_URL = os.environ.get("BENCH_DATABASE_URL", "mysql://root@127.0.0.1:3306/bench
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
 
 
+def platform_env(settings_module: str = "scheduler_site.settings", **extra: str) -> dict[str, str]:
+    """The environment of a process running the platform against the benchmark's database and Redis."""
+    return {
+        **os.environ,
+        "DATABASE_URL": DB_URL,
+        "REDIS_URL": BROKER_URL,
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
 def ensure_database(url: str = DB_URL) -> None:
     import dj_database_url
     import MySQLdb

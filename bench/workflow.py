@@ -23,18 +23,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wait_until
+from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until
 
 STEPS = 200
 WIDTH = 50
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DB_URL,
-    "REDIS_URL": BROKER_URL,
-    "DJANGO_SETTINGS_MODULE": "scheduler_site.settings",
-    "PYTHONPATH": str(ROOT),
-    "LOG_LEVEL": "WARNING",
-}
+ENV = platform_env(LOG_LEVEL="WARNING")
 
 
 def dag_steps() -> list[dict[str, Any]]:
