@@ -84,6 +84,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "tasks_app",
+    # A deployment's own apps (with their `handlers` modules), e.g. "reports,billing".
+    *env_list("EXTRA_INSTALLED_APPS", []),
 ]
 
 MIDDLEWARE = [

@@ -56,6 +56,7 @@ def process_env() -> dict[str, str]:
         "WORKER_HEARTBEAT_INTERVAL": "0.5",
         "WORKER_MISSED_HEARTBEATS": "2",
         "PENDING_RESEND_AFTER": "2",
+        "EXTRA_INSTALLED_APPS": "tests.support",
     }
 
 
