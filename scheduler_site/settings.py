@@ -270,6 +270,8 @@ CONCURRENCY_LOCK_TTL = env_number("CONCURRENCY_LOCK_TTL", 60, minimum=3)
 # WORKER_MISSED_HEARTBEATS missed beats; their running runs then move on.
 WORKER_HEARTBEAT_INTERVAL = env_number("WORKER_HEARTBEAT_INTERVAL", 5, minimum=0.1)
 WORKER_MISSED_HEARTBEATS = int(env_number("WORKER_MISSED_HEARTBEATS", 3, minimum=1))
+# A run whose worker died under it this many times is failed, not sent again.
+RUN_MAX_DELIVERIES = int(env_number("RUN_MAX_DELIVERIES", 5, minimum=1))
 # A pending run whose queue is empty this long (s) lost its message: it is sent again.
 PENDING_RESEND_AFTER = env_number("PENDING_RESEND_AFTER", 30, minimum=1)
 # Finished runs, their events and logs are pruned this many days after they finished.

@@ -3,8 +3,8 @@
 - Every worker records itself when ready and heartbeats from a thread of its main
   process; it is offline after WORKER_MISSED_HEARTBEATS missed beats.
 - A run left `running` on an offline worker moves on: to `retrying` while retries
-  remain, else `failed` with the reason "worker lost". Its attempt counts, so a
-  message that keeps killing its worker stops after the task's retries.
+  remain, else `failed` with the reason "worker lost". A run whose worker was lost
+  RUN_MAX_DELIVERIES times fails whatever its retries: it may be what kills them.
 - A `pending` run whose message the broker lost (a Redis restart or flush: its queue
   and the unacknowledged set are empty, yet it has waited PENDING_RESEND_AFTER) is
   sent again under its next message number, so it still runs once.
@@ -102,7 +102,11 @@ def recover_lost_runs(now: dt.datetime | None = None) -> int:
     for run in lost:
         error = {"type": "WorkerLost", "message": f"worker {run.worker or '?'} went offline", "traceback": ""}
         try:
-            run.fail_or_retry(error, hostname="", reason="worker lost")
+            if run.attempt >= settings.RUN_MAX_DELIVERIES:
+                # It may be the run that kills its workers: stop sending it, visibly.
+                run.fail(error, reason=f"worker lost {run.attempt} times: not sent again")
+            else:
+                run.fail_or_retry(error, hostname="", reason="worker lost")
             moved += 1
         except InvalidTransition:
             pass  # it finished meanwhile

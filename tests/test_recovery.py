@@ -77,6 +77,16 @@ def test_run_on_an_offline_worker_is_retried_or_failed(make_task, make_run) -> N
     assert Run.objects.get(pk=retried.pk).error["type"] == "WorkerLost"
 
 
+def test_a_run_that_keeps_losing_its_worker_stops_being_sent(make_task, make_run, settings) -> None:
+    settings.RUN_MAX_DELIVERIES = 3
+    run = make_run(make_task(max_retries=10), S.RUNNING, worker="gone@host", started_at=ago(90), attempt=3)
+    with time_machine.travel(NOW, tick=False):
+        recover_lost_runs()
+    run.refresh_from_db()
+    assert run.state == S.FAILED
+    assert run.events.last().reason == "worker lost 3 times: not sent again"
+
+
 def test_pending_run_whose_message_was_lost_is_sent_again(make_task, make_run, broker) -> None:
     task = make_task()
     lost = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(60))
