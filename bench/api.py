@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until
+from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until, write_results
 
 ENV = platform_env("bench.api_settings")
 WORKERS = os.environ.get("BENCH_GUNICORN_WORKERS", "2")
@@ -159,11 +159,7 @@ def main() -> None:
         "twenty_clients_ratio_of_requests_per_s": at("platform", 20)["requests_per_s"]
         / at("bare", 20)["requests_per_s"],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=2))
-    print(f"written to {out}")
+    write_results(args.out, summary, {k: v for k, v in summary.items() if k != "results"})
 
 
 if __name__ == "__main__":

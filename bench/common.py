@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +39,15 @@ def ensure_database(url: str = DB_URL) -> None:
         conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{db['NAME']}` CHARACTER SET utf8mb4")
     finally:
         conn.close()
+
+
+def write_results(path: str, figures: dict[str, Any], shown: dict[str, Any]) -> None:
+    """Write a benchmark's figures as JSON and print the headline ones."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(shown, indent=2))
+    print(f"written to {out}")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:

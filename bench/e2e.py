@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wait_until
+from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wait_until, write_results
 
 SCENARIOS = ["plain", "results", "platform"]
 CHUNK = 1000  # runs per bulk submission, the API's limit
@@ -138,11 +138,7 @@ def main() -> None:
         "ratio_vs_celery_with_django_celery_results": median["platform"] / median["results"],
         "worker": "prefork, concurrency 2; same Redis broker and MariaDB",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=2))
-    print(f"written to {out}")
+    write_results(args.out, summary, {k: v for k, v in summary.items() if k != "rounds"})
 
 
 # --- submitters (a child process per scenario) ------------------------------------------

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env
+from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, write_results
 
 FIRE_WINDOW = float(os.environ.get("BENCH_FIRE_WINDOW", "15"))
 BURST = 1000
@@ -256,19 +256,8 @@ def main() -> None:
         pair["fires_ratio_platform_over_stock"] = round(
             pair["platform"]["fires_per_s"] / max(pair["stock"]["fires_per_s"], 1e-6), 1
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    summary = {
-        size: {
-            k: v
-            for k, v in pair.items()
-            if k.endswith("ratio_stock_over_platform") or k.startswith("fires_ratio")
-        }
-        for size, pair in results.items()
-    }
-    print(json.dumps(summary, indent=2))
-    print(f"written to {out}")
+    ratios = {size: {k: v for k, v in pair.items() if "ratio" in k} for size, pair in results.items()}
+    write_results(args.out, results, ratios)
 
 
 if __name__ == "__main__":

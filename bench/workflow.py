@@ -12,7 +12,6 @@ bench/results/workflow.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until
+from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until, write_results
 
 STEPS = 200
 WIDTH = 50
@@ -120,11 +119,7 @@ def main() -> None:
         "overhead_per_step_ms": round((dag - independent) / len(steps) * 1000, 2),
         "worker": "prefork, concurrency 2",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=2))
-    print(f"written to {out}")
+    write_results(args.out, summary, {k: v for k, v in summary.items() if k != "rounds"})
 
 
 if __name__ == "__main__":

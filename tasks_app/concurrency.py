@@ -55,10 +55,6 @@ return 0
 """
 
 
-def _client() -> redis.Redis:
-    return dispatch.broker_client()
-
-
 def _keys(task_id: int) -> list[str]:
     return [f"tasks_app:task:{task_id}:lock", f"tasks_app:task:{task_id}:fence"]
 
@@ -73,7 +69,7 @@ def _value(run: Run) -> str:
 
 def holder_of(task_id: int) -> int | None:
     """The run id holding the task's lock, if any."""
-    value = _client().get(_keys(task_id)[0])
+    value = dispatch.broker_client().get(_keys(task_id)[0])
     return int(value.split(":", 1)[0]) if value else None
 
 
@@ -81,7 +77,7 @@ def holds(run: Run) -> bool:
     """Whether `run` may still finish: it holds its lock, or nobody took it over."""
     if not run.lock_token:
         return True
-    value = _client().get(_keys(run.task_id)[0])
+    value = dispatch.broker_client().get(_keys(run.task_id)[0])
     return value is None or value == _value(run)
 
 
@@ -99,7 +95,7 @@ def gate(runs: list[Run]) -> None:
 def _gate_one(run: Run) -> None:
     policy = run.task.concurrency_policy
     run.lock_token = secrets.token_hex(16)
-    fence, holder = _client().eval(_ACQUIRE, 2, *_keys(run.task_id), _value(run), _ttl_ms())
+    fence, holder = dispatch.broker_client().eval(_ACQUIRE, 2, *_keys(run.task_id), _value(run), _ttl_ms())
     if fence:
         _send(run, fence, reason="took the task's concurrency lock")
         return
@@ -110,7 +106,7 @@ def _gate_one(run: Run) -> None:
         run.move(RunState.SKIPPED, only_from=frozenset({RunState.CREATED}),
                  reason=f"forbid: run {holder_id} of this task is active", actor=Actor.SYSTEM)  # fmt: skip
     elif policy == ConcurrencyPolicy.REPLACE:
-        fence = _client().eval(_TAKE_OVER, 2, *_keys(run.task_id), _value(run), _ttl_ms())
+        fence = dispatch.broker_client().eval(_TAKE_OVER, 2, *_keys(run.task_id), _value(run), _ttl_ms())
         _cancel(holder_id, by_run=run.pk)
         _send(run, fence, reason=f"replace: took over from run {holder_id}")
     else:  # queue: waits in created; release() of the active run sends it
@@ -146,7 +142,7 @@ def _cancel(run_id: int | None, *, by_run: int) -> None:
 def release(run: Run) -> None:
     """The run ended: free its task's lock (if still its own) and send the next waiting run."""
     try:
-        _client().eval(_RELEASE, 1, _keys(run.task_id)[0], _value(run))
+        dispatch.broker_client().eval(_RELEASE, 1, _keys(run.task_id)[0], _value(run))
     except redis.RedisError:
         logger.exception("could not release the lock of run %s; it expires by itself", run.pk)
     advance_queue(run.task_id)
@@ -173,7 +169,7 @@ def extend_active() -> int:
         Run.objects.filter(state__in=ACTIVE_STATES - {RunState.CREATED}).exclude(lock_token="")
         .values_list("pk", "task_id", "lock_token")
     )  # fmt: skip
-    client = _client()
+    client = dispatch.broker_client()
     with client.pipeline(transaction=False) as pipe:
         for pk, task_id, token in holders:
             pipe.eval(_EXTEND, 1, _keys(task_id)[0], f"{pk}:{token}", _ttl_ms())

@@ -7,7 +7,8 @@
   RUN_MAX_DELIVERIES times fails whatever its retries: it may be what kills them.
 - A `pending` run whose message the broker lost (a Redis restart or flush: its queue
   and the unacknowledged set are empty, yet it has waited PENDING_RESEND_AFTER) is
-  sent again under its next message number, so it still runs once.
+  marked due, and RunQuerySet.dispatch_due() sends it again under its next message
+  number, so it still runs once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import celery
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import F
 from django.utils import timezone
 
 from tasks_app.lifecycle import InvalidTransition, RunState
@@ -116,7 +116,12 @@ def recover_lost_runs(now: dt.datetime | None = None) -> int:
 
 
 def resend_lost_messages(now: dt.datetime | None = None) -> int:
-    """Send again pending runs whose message the broker no longer has; returns how many."""
+    """Mark pending runs whose message the broker no longer has to be sent again; returns how many.
+
+    They get a due_at, as dispatch.publish() does for a message the broker refused, and
+    RunQuerySet.dispatch_due() sends them under their next message number: should the old
+    message turn up after all, it runs nothing.
+    """
     from tasks_app import dispatch
     from tasks_app.models import Run
 
@@ -132,13 +137,8 @@ def resend_lost_messages(now: dt.datetime | None = None) -> int:
     empty = [q for q in queues if not any(client.llen(key) for key in client.scan_iter(f"{q}*"))]
     if not empty:
         return 0
-    runs = list(stale.filter(task__queue__in=empty).select_related("task")[:1000])
-    for run in runs:
-        # A new message number: should the old message turn up after all, it runs nothing.
-        Run.objects.filter(pk=run.pk, state=S.PENDING, dispatches=run.dispatches).update(
-            dispatches=F("dispatches") + 1
-        )
-        run.dispatches += 1
-    dispatch.publish(runs)
-    logger.warning("sent again %d pending run(s) whose message the broker lost", len(runs))
-    return len(runs)
+    ids = list(stale.filter(task__queue__in=empty).values_list("pk", flat=True)[:1000])
+    marked = Run.objects.filter(pk__in=ids, state=S.PENDING, due_at__isnull=True).update(due_at=now)
+    if marked:
+        logger.warning("%d pending run(s) lost their message in the broker: sending them again", marked)
+    return marked

@@ -87,13 +87,16 @@ def test_a_run_that_keeps_losing_its_worker_stops_being_sent(make_task, make_run
     assert run.events.last().reason == "worker lost 3 times: not sent again"
 
 
-def test_pending_run_whose_message_was_lost_is_sent_again(make_task, make_run, broker) -> None:
+def test_pending_run_whose_message_was_lost_is_sent_again(
+    make_task, make_run, broker, django_capture_on_commit_callbacks
+) -> None:
     task = make_task()
     lost = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(60))
     recent = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(5))
 
-    with time_machine.travel(NOW, tick=False):
+    with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
         assert resend_lost_messages() == 1
+        Run.objects.dispatch_due()  # beat's next tick
 
     lost.refresh_from_db()
     assert lost.dispatches == 2
