@@ -216,22 +216,17 @@ class ScheduleAdmin(admin.ModelAdmin):
         self._set_enabled(request, queryset, True)
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Schedule], enabled: bool) -> None:
-        changed = 0
-        for schedule in queryset.filter(enabled=not enabled):
-            Schedule.objects.filter(pk=schedule.pk).update(enabled=enabled)
-            schedule.enabled = enabled
-            scheduling.mirror(schedule)
-            changed += 1
+        changed = sum(scheduling.set_enabled(schedule, enabled) for schedule in queryset)
         self.message_user(request, f"{'Resumed' if enabled else 'Paused'} {changed} schedule(s).")
 
     @admin.action(description="Fire selected schedules now", permissions=["change"])
     def trigger(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        schedules = [s for s in queryset.select_related("task") if s.task.enabled]
-        runs = Run.objects.submit_many(
-            [RunRequest(task=s.task, trigger="manual", schedule=s, **s.fire_kwargs()) for s in schedules],
-            by=request.user.get_username(),
-        )
-        self.message_user(request, f"Submitted {len(runs)} run(s).")
+        fired = [
+            scheduling.fire_now(schedule, by=request.user.get_username())
+            for schedule in queryset.select_related("task", "workflow")
+            if schedule.workflow_id or schedule.task.enabled
+        ]
+        self.message_user(request, f"Fired {len(fired)} schedule(s).")
 
 
 class WorkflowForm(forms.ModelForm):

@@ -126,3 +126,29 @@ def mirror(schedule: Any) -> None:
             task = PeriodicTask.objects.create(name=f"platform schedule {schedule.pk}", **values)
             type(schedule).objects.filter(pk=schedule.pk).update(periodic_task=task)
             schedule.periodic_task = task
+
+
+def set_enabled(schedule: Any, enabled: bool) -> bool:
+    """Pause or resume a schedule; False when it already was. The timing trigger
+    (migration 0004) makes the next tick recompute its next fire from then on."""
+    with transaction.atomic():
+        if not type(schedule).objects.filter(pk=schedule.pk, enabled=not enabled).update(enabled=enabled):
+            return False
+        schedule.enabled = enabled
+        mirror(schedule)
+    return True
+
+
+def fire_now(schedule: Any, *, by: str) -> Any:
+    """One fire now, whatever the timing: a run with trigger=manual, or a workflow run."""
+    from tasks_app import workflows
+    from tasks_app.lifecycle import Trigger
+    from tasks_app.models import Run
+    from tasks_app.querysets import RunRequest
+
+    if schedule.workflow_id:
+        return workflows.start(schedule.workflow, by=by)
+    request = RunRequest(
+        task=schedule.task, trigger=Trigger.MANUAL, schedule=schedule, **schedule.fire_kwargs()
+    )
+    return Run.objects.submit(request, by=by)[0]

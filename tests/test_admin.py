@@ -148,3 +148,15 @@ def test_workflow_form_refuses_a_cycle(admin_client, task) -> None:
     response = admin_client.post("/admin/tasks_app/workflow/add/", {"name": "loop", "steps": steps})
     assert "cycle" in response.content.decode()
     assert not Workflow.objects.exists()
+
+
+def test_firing_a_workflow_schedule_from_the_admin_starts_a_workflow_run(admin_client, task, broker) -> None:
+    from tasks_app.models import Schedule, Workflow, WorkflowRun
+    from tasks_app.models.workflows import check_steps
+
+    workflow = Workflow.objects.create(name="w", steps=check_steps([{"key": "A", "task": "noop"}], {"noop"}))
+    schedule = Schedule.objects.create(workflow=workflow, interval_seconds=60)
+
+    admin_client.post("/admin/tasks_app/schedule/", {"action": "trigger", "_selected_action": [schedule.pk]})
+
+    assert WorkflowRun.objects.filter(workflow=workflow).count() == 1

@@ -36,9 +36,8 @@ from tasks_app.api.serializers import (
     request_of,
 )
 from tasks_app.api.throttles import SubmitThrottle
-from tasks_app.lifecycle import RunState, Trigger
+from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Schedule, Task, Worker, Workflow, WorkflowRun, WorkflowState
-from tasks_app.querysets import RunRequest
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -206,12 +205,8 @@ class ScheduleViewSet(viewsets.ModelViewSet):
 
     def _set_enabled(self, enabled: bool) -> Response:
         schedule = self.get_object()
-        with transaction.atomic():
-            if not Schedule.objects.filter(pk=schedule.pk, enabled=not enabled).update(enabled=enabled):
-                state = "paused" if not enabled else "enabled"
-                raise Conflict(f"Schedule {schedule.pk} is already {state}.")
-            schedule.refresh_from_db()
-            scheduling.mirror(schedule)
+        if not scheduling.set_enabled(schedule, enabled):
+            raise Conflict(f"Schedule {schedule.pk} is already {'enabled' if enabled else 'paused'}.")
         return Response(ScheduleSerializer(schedule).data)
 
     @extend_schema(request=None, responses=ScheduleSerializer)
@@ -229,16 +224,11 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     def trigger(self, request: Request, pk: str) -> Response:
         """Fire once now: a run with trigger=manual (a workflow run for a workflow's schedule)."""
         schedule = self.get_object()
-        if schedule.workflow_id:
-            workflow_run = workflows.start(schedule.workflow, by=actor_name(request), schedule=None)
-            return Response(WorkflowRunSerializer(workflow_run).data, status=status.HTTP_201_CREATED)
-        _ensure_enabled(schedule.task)
-        base = schedule.fire_kwargs()
-        run, _ = Run.objects.submit(
-            RunRequest(task=schedule.task, trigger=Trigger.MANUAL, schedule=schedule, **base),
-            by=actor_name(request),
-        )
-        return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
+        if schedule.task_id:
+            _ensure_enabled(schedule.task)
+        fired = scheduling.fire_now(schedule, by=actor_name(request))
+        serializer = WorkflowRunSerializer if schedule.workflow_id else RunSerializer
+        return Response(serializer(fired).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         request=SchedulePreviewSerializer,
