@@ -2,11 +2,13 @@
 
 - Every worker records itself when ready and heartbeats from a thread of its main
   process; it is offline after WORKER_MISSED_HEARTBEATS missed beats.
-- A run left `running` on an offline worker moves on: to `retrying` while retries
-  remain, else `failed` with the reason "worker lost". A run whose worker was lost
-  RUN_MAX_DELIVERIES times fails whatever its retries: it may be what kills them.
+- A run left `running` on an offline worker, or on an online worker whose heartbeat
+  no longer lists it (its pool process died, or the worker could not record the
+  outcome), moves on: to `retrying` while retries remain, else `failed` with the
+  reason "worker lost". A run whose worker was lost RUN_MAX_DELIVERIES times fails
+  whatever its retries: it may be what kills them.
 - A `pending` run whose message the broker lost (a Redis restart or flush: its queue
-  and the unacknowledged set are empty, yet it has waited PENDING_RESEND_AFTER) is
+  is empty and no worker holds its message, yet it has waited PENDING_RESEND_AFTER) is
   marked due, and RunQuerySet.dispatch_due() sends it again under its next message
   number, so it still runs once.
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -21,6 +24,7 @@ from typing import Any
 
 import celery
 from celery.signals import worker_ready, worker_shutdown
+from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
@@ -33,7 +37,12 @@ _stop = threading.Event()
 
 
 def record_worker(
-    hostname: str, *, queues: list[str], concurrency: int, now: dt.datetime | None = None
+    hostname: str,
+    *,
+    queues: list[str],
+    concurrency: int,
+    executing: list[str] | None = None,
+    now: dt.datetime | None = None,
 ) -> None:
     from tasks_app.models import Worker
 
@@ -44,6 +53,7 @@ def record_worker(
         "pid": os.getpid(),
         "version": celery.__version__,
         "last_heartbeat": now,
+        "executing": executing,
     }
     Worker.objects.update_or_create(
         hostname=hostname,
@@ -63,13 +73,26 @@ def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
         while True:
             try:
                 close_old_connections()
-                record_worker(hostname, queues=queues, concurrency=concurrency)
+                # The time first: whatever started before it is in the list that follows.
+                now = timezone.now()
+                record_worker(
+                    hostname, queues=queues, concurrency=concurrency, executing=_executing(), now=now
+                )
             except Exception:
                 logger.exception("worker heartbeat failed")
             if _stop.wait(settings.WORKER_HEARTBEAT_INTERVAL):
                 return
 
     threading.Thread(target=beat, name="tasks_app-heartbeat", daemon=True).start()
+
+
+def _executing() -> list[str]:
+    """Ids of the messages this worker's pool is executing (read from the heartbeat thread)."""
+    while True:
+        try:
+            return sorted(request.id for request in list(worker_state.active_requests))
+        except RuntimeError:  # the set changed while it was copied: copy again
+            continue
 
 
 @worker_shutdown.connect
@@ -86,21 +109,39 @@ def _stop_heartbeat(sender: Any = None, **kwargs: Any) -> None:
 
 
 def recover_lost_runs(now: dt.datetime | None = None) -> int:
-    """Move runs left running on offline workers on; returns how many."""
+    """Move on runs no worker is executing any more; returns how many.
+
+    That is a run on a worker that went offline, or on an online worker whose heartbeat,
+    taken a heartbeat interval or more after the run started, does not list its message.
+    """
     from tasks_app.models import Run, Worker
 
     now = now or timezone.now()
-    online = set(Worker.objects.filter(stopped_at__isnull=True, last_heartbeat__gt=Worker.online_since(now))
-                 .values_list("hostname", flat=True))  # fmt: skip
-    grace = dt.timedelta(seconds=settings.WORKER_HEARTBEAT_INTERVAL * settings.WORKER_MISSED_HEARTBEATS)
-    lost = (
-        Run.objects.select_related("task")
-        .filter(state=S.RUNNING, started_at__lt=now - grace)
-        .exclude(worker__in=online)
-    )
+    online = {
+        hostname: (heartbeat, executing)
+        for hostname, heartbeat, executing in Worker.objects.filter(
+            stopped_at__isnull=True, last_heartbeat__gt=Worker.online_since(now)
+        ).values_list("hostname", "last_heartbeat", "executing")
+    }
+    interval = dt.timedelta(seconds=settings.WORKER_HEARTBEAT_INTERVAL)
+    grace = interval * settings.WORKER_MISSED_HEARTBEATS
+    lost: dict[str, str] = {}  # message id of the lost attempt: why
+    running = Run.objects.filter(state=S.RUNNING, started_at__lt=now - interval)
+    for pk, worker, started_at, dispatches in running.values_list("pk", "worker", "started_at", "dispatches"):
+        if worker not in online:
+            if started_at < now - grace:  # else it may have started just before a first heartbeat
+                lost[f"{pk}.{dispatches}"] = f"worker {worker or '?'} went offline"
+        else:
+            heartbeat, executing = online[worker]
+            message = f"{pk}.{dispatches}"
+            if executing is not None and heartbeat >= started_at + interval and message not in executing:
+                lost[message] = f"worker {worker} is no longer executing it"
     moved = 0
-    for run in lost:
-        error = {"type": "WorkerLost", "message": f"worker {run.worker or '?'} went offline", "traceback": ""}
+    pks = [int(message.partition(".")[0]) for message in lost]
+    for run in Run.objects.select_related("task").filter(pk__in=pks, state=S.RUNNING):
+        if run.message_id not in lost:
+            continue  # sent and started again since it was seen
+        error = {"type": "WorkerLost", "message": lost[run.message_id], "traceback": ""}
         try:
             if run.attempt >= settings.RUN_MAX_DELIVERIES:
                 # It may be the run that kills its workers: stop sending it, visibly.
@@ -132,13 +173,28 @@ def resend_lost_messages(now: dt.datetime | None = None) -> int:
     if not queues:
         return 0
     client = dispatch.broker_client()
-    if client.hlen("unacked"):
-        return 0  # a worker holds messages: they may be these
+    # A queue that still has messages may have these runs' too: wait until it drains.
     empty = [q for q in queues if not any(client.llen(key) for key in client.scan_iter(f"{q}*"))]
     if not empty:
         return 0
-    ids = list(stale.filter(task__queue__in=empty).values_list("pk", flat=True)[:1000])
+    held = _unacknowledged_ids(client)  # delivered to a worker, maybe a dead one: not lost
+    ids = [
+        pk
+        for pk, dispatches in stale.filter(task__queue__in=empty).values_list("pk", "dispatches")[:1000]
+        if f"{pk}.{dispatches}" not in held
+    ]
     marked = Run.objects.filter(pk__in=ids, state=S.PENDING, due_at__isnull=True).update(due_at=now)
     if marked:
         logger.warning("%d pending run(s) lost their message in the broker: sending them again", marked)
     return marked
+
+
+def _unacknowledged_ids(client: Any) -> set[str]:
+    """Ids of the messages kombu's Redis transport has delivered and not yet seen acknowledged."""
+    ids = set()
+    for raw in client.hvals("unacked"):
+        try:
+            ids.add(json.loads(raw)[0]["headers"]["id"])
+        except (ValueError, LookupError, TypeError):
+            continue
+    return ids

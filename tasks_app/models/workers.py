@@ -18,6 +18,9 @@ class Worker(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     last_heartbeat = models.DateTimeField(default=timezone.now)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # Message ids ("<run>.<n>") the worker was executing at its last heartbeat; None
+    # when it does not say (then recovery judges its runs by its heartbeat alone).
+    executing = models.JSONField(null=True, blank=True, default=None)
 
     class Meta:
         ordering = ["hostname"]
