@@ -270,9 +270,13 @@ CONCURRENCY_LOCK_TTL = env_number("CONCURRENCY_LOCK_TTL", 60, minimum=3)
 # WORKER_MISSED_HEARTBEATS missed beats; their running runs then move on.
 WORKER_HEARTBEAT_INTERVAL = env_number("WORKER_HEARTBEAT_INTERVAL", 5, minimum=0.1)
 WORKER_MISSED_HEARTBEATS = int(env_number("WORKER_MISSED_HEARTBEATS", 3, minimum=1))
+# How long (s) a worker keeps trying to reach an unreachable database to claim a run or
+# record an attempt's outcome, holding the message meanwhile, before it gives up.
+WORKER_DATABASE_PATIENCE = env_number("WORKER_DATABASE_PATIENCE", 600, minimum=0)
 # A run whose worker died under it this many times is failed, not sent again.
 RUN_MAX_DELIVERIES = int(env_number("RUN_MAX_DELIVERIES", 5, minimum=1))
-# A pending run whose queue is empty this long (s) lost its message: it is sent again.
+# A pending run this long (s) with an empty queue and its message held by no worker lost
+# that message: it is sent again.
 PENDING_RESEND_AFTER = env_number("PENDING_RESEND_AFTER", 30, minimum=1)
 # Finished runs, their events and logs are pruned this many days after they finished.
 RUN_RETENTION_DAYS = env_number("RUN_RETENTION_DAYS", 30, minimum=1)

@@ -11,20 +11,22 @@ import json
 import logging
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Task as CeleryTask
 from celery import shared_task
 from celery.signals import task_prerun
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from tasks_app import concurrency, handlers, workflows
 from tasks_app.handlers import RunContext, RunInterrupted
 from tasks_app.lifecycle import InvalidTransition
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _celery_tasks: dict[str, CeleryTask] = {}
 
@@ -99,13 +101,16 @@ def encode_result(value: Any) -> Any:
 def execute(run_id: int, dispatch: int, *, hostname: str) -> None:
     from tasks_app.models import Run
 
-    try:
+    def claim() -> Run:
         run = Run.objects.get_with_task(run_id)
+        run.claim(dispatch, hostname)
+        return run
+
+    try:
+        run = patiently(claim, f"claim run {run_id}")
     except Run.DoesNotExist:
         logger.warning("run %s no longer exists; message %s.%s dropped", run_id, run_id, dispatch)
         return
-    try:
-        run.claim(dispatch, hostname)
     except InvalidTransition as exc:
         logger.info("message %s.%s not executed: %s", run_id, dispatch, exc)
         return
@@ -129,7 +134,27 @@ def execute(run_id: int, dispatch: int, *, hostname: str) -> None:
         holder = concurrency.holder_of(run.task_id)
         error = {"type": "LockLost", "message": f"run {holder} holds the task's lock now", "traceback": ""}
         record, args, kwargs = run.fail, (error,), {"reason": "lost its concurrency lock to a newer run"}
-    _record(record, *args, hostname=hostname, **kwargs)
+    patiently(lambda: _record(record, *args, hostname=hostname, **kwargs), f"record run {run_id}'s outcome")
+
+
+def patiently(operation: Callable[[], T], what: str) -> T:
+    """`operation()`, tried again while the database is unreachable, for up to WORKER_DATABASE_PATIENCE s.
+
+    Meanwhile the worker keeps the message unacknowledged, or the attempt's outcome in
+    memory: giving up at once would drop the message, or run the handler a second time.
+    """
+    deadline = time.monotonic() + settings.WORKER_DATABASE_PATIENCE
+    delay = 0.1
+    while True:
+        try:
+            return operation()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("database unreachable, trying again in %.1fs to %s: %s", delay, what, exc)
+            time.sleep(delay)
+            close_old_connections()  # drops the broken connection; the next query opens one
+            delay = min(delay * 2, 5.0)
 
 
 def _record(method: Any, *args: Any, **kwargs: Any) -> None:

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django_celery_beat.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -39,6 +39,7 @@ MIRROR_TASK = "tasks_app.schedule"  # a name only: the platform fires these, nev
 class PlatformScheduler(DatabaseScheduler):
     _locks_extended_at = 0.0
     _swept_at = 0.0
+    _database_failed_at = float("-inf")
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = super().tick(*args, **kwargs)
@@ -63,15 +64,23 @@ class PlatformScheduler(DatabaseScheduler):
         ):
             try:
                 done = step(limit=BATCH)
-            except Exception:
+            except (OperationalError, InterfaceError) as exc:
                 # A database outage must not stop beat: try again next tick.
+                self._database_failed_at = time.monotonic()
+                logger.error("could not %s: database unreachable: %s", name, exc)
+                continue
+            except Exception:
                 logger.exception("could not %s", name)
                 continue
             if done:
                 logger.info("%s: %d", name, done)
             busy = busy or done >= BATCH
-        self._every("_swept_at", settings.WORKER_HEARTBEAT_INTERVAL,
-                    recovery.recover_lost_runs, recovery.resend_lost_messages)  # fmt: skip
+        # Workers could not heartbeat while the database was down: give them their full
+        # allowance of missed heartbeats after it is back before judging any of them lost.
+        allowance = settings.WORKER_HEARTBEAT_INTERVAL * settings.WORKER_MISSED_HEARTBEATS
+        if time.monotonic() - self._database_failed_at > allowance:
+            self._every("_swept_at", settings.WORKER_HEARTBEAT_INTERVAL,
+                        recovery.recover_lost_runs, recovery.resend_lost_messages)  # fmt: skip
         self._every("_locks_extended_at", settings.CONCURRENCY_LOCK_TTL / 3, concurrency.extend_active)
         return busy
 

@@ -6,9 +6,10 @@ import datetime as dt
 
 import pytest
 import time_machine
+from django.db import OperationalError
 from django.utils import timezone
 
-from tasks_app.execution import execute, record_hard_timeout
+from tasks_app.execution import execute, patiently, record_hard_timeout
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, RunLog
 
@@ -195,3 +196,30 @@ def test_timestamps_come_from_the_clock(make_task, make_run) -> None:
     run.refresh_from_db()
     assert run.started_at == run.finished_at == NOW
     assert timezone.is_aware(run.started_at)
+
+
+def test_worker_tries_again_while_the_database_is_unreachable(monkeypatch, settings) -> None:
+    settings.WORKER_DATABASE_PATIENCE = 60
+    waits: list[float] = []
+    monkeypatch.setattr("tasks_app.execution.time.sleep", waits.append)
+    answers = iter([OperationalError(2003, "Can't connect"), OperationalError(2013, "Lost"), "done"])
+
+    def operation() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert patiently(operation, "record an outcome") == "done"
+    assert waits == [0.1, 0.2]  # backing off
+
+
+def test_worker_gives_up_on_the_database_after_its_patience(monkeypatch, settings) -> None:
+    settings.WORKER_DATABASE_PATIENCE = 0
+    monkeypatch.setattr("tasks_app.execution.time.sleep", pytest.fail)
+
+    def operation() -> None:
+        raise OperationalError(2003, "Can't connect")
+
+    with pytest.raises(OperationalError):
+        patiently(operation, "claim a run")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
+import pytest
 import time_machine
+from django.db import OperationalError
 from django.utils import timezone
 
 from tasks_app.lifecycle import RunState
-from tasks_app.models import Run, Worker
+from tasks_app.models import Run, Schedule, Worker
 from tasks_app.recovery import record_worker, recover_lost_runs, resend_lost_messages
+from tasks_app.scheduling import PlatformScheduler
 from tests.conftest import queued_ids
 
 S = RunState
@@ -77,6 +81,27 @@ def test_run_on_an_offline_worker_is_retried_or_failed(make_task, make_run) -> N
     assert Run.objects.get(pk=retried.pk).error["type"] == "WorkerLost"
 
 
+def test_run_its_online_worker_no_longer_executes_is_moved_on(make_task, make_run) -> None:
+    # The worker lives, but its pool process died under the run, or it could not record the outcome.
+    orphan = make_run(make_task(max_retries=1), S.RUNNING, worker="w@host", started_at=ago(30), dispatches=1)
+    executing = make_run(make_task(), S.RUNNING, worker="w@host", started_at=ago(30), dispatches=2)
+    just_claimed = make_run(make_task(), S.RUNNING, worker="w@host", started_at=ago(3), dispatches=1)
+    silent = make_run(make_task(), S.RUNNING, worker="old@host", started_at=ago(30), dispatches=1)
+    with time_machine.travel(ago(1), tick=False):
+        record_worker("w@host", queues=["default"], concurrency=4, executing=[f"{executing.pk}.2"])
+        record_worker("old@host", queues=["default"], concurrency=1, executing=None)  # says nothing
+
+    with time_machine.travel(NOW, tick=False):
+        assert recover_lost_runs() == 1
+
+    states = {r.pk: r.state for r in Run.objects.all()}
+    assert states == {orphan.pk: S.RETRYING, executing.pk: S.RUNNING, just_claimed.pk: S.RUNNING,
+                      silent.pk: S.RUNNING}  # fmt: skip
+    orphan.refresh_from_db()
+    assert orphan.error["message"] == "worker w@host is no longer executing it"
+    assert orphan.events.last().reason.startswith("worker lost; retry 1 of 1")
+
+
 def test_a_run_that_keeps_losing_its_worker_stops_being_sent(make_task, make_run, settings) -> None:
     settings.RUN_MAX_DELIVERIES = 3
     run = make_run(make_task(max_retries=10), S.RUNNING, worker="gone@host", started_at=ago(90), attempt=3)
@@ -104,7 +129,7 @@ def test_pending_run_whose_message_was_lost_is_sent_again(
     assert Run.objects.get(pk=recent.pk).dispatches == 1
 
 
-def test_nothing_is_sent_again_while_the_queue_or_a_worker_holds_messages(
+def test_nothing_is_sent_again_while_the_queue_has_messages_or_a_worker_holds_its_own(
     make_task, make_run, broker
 ) -> None:
     run = make_run(make_task(), S.PENDING, dispatches=1, state_changed_at=ago(60))
@@ -112,12 +137,52 @@ def test_nothing_is_sent_again_while_the_queue_or_a_worker_holds_messages(
     with time_machine.travel(NOW, tick=False):
         assert resend_lost_messages() == 0
     broker.delete("default")
-    broker.hset("unacked", "tag", b"{}")
+    broker.hset("unacked", "tag", json.dumps([{"headers": {"id": f"{run.pk}.1"}}, "", "default"]))
     with time_machine.travel(NOW, tick=False):
         assert resend_lost_messages() == 0
     assert Run.objects.get(pk=run.pk).dispatches == 1
 
 
+def test_a_dead_workers_unacknowledged_messages_hold_back_only_their_own_runs(
+    make_task, make_run, broker, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task()
+    held = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(60))
+    lost = make_run(task, S.PENDING, dispatches=3, state_changed_at=ago(60))
+    # kombu keeps a delivered message in "unacked" until acknowledged; a killed worker's stay there.
+    for message_id in (f"{held.pk}.1", f"{lost.pk}.2"):
+        broker.hset("unacked", message_id, json.dumps([{"headers": {"id": message_id}}, "", "default"]))
+
+    with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
+        assert resend_lost_messages() == 1
+        Run.objects.dispatch_due()
+
+    assert queued_ids(broker) == [f"{lost.pk}.4"]
+    assert Run.objects.get(pk=held.pk).dispatches == 1
+
+
 def test_timestamps_in_the_registry_are_aware(db) -> None:
     record_worker("w@h", queues=[], concurrency=1)
     assert timezone.is_aware(Worker.objects.get().last_heartbeat)
+
+
+@pytest.mark.django_db(transaction=True)  # beat's tick closes connections: no test transaction
+def test_beat_gives_workers_their_heartbeat_allowance_after_a_database_outage(
+    make_task, make_run, monkeypatch, settings
+) -> None:
+    an_hour_ago = timezone.now() - dt.timedelta(hours=1)
+    run = make_run(make_task(), S.RUNNING, worker="gone@host", started_at=an_hour_ago)
+    scheduler = PlatformScheduler.__new__(PlatformScheduler)  # its tick only, no beat around it
+
+    def unreachable(**kwargs: object) -> int:
+        raise OperationalError(2003, "Can't connect to server on '127.0.0.1'")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Schedule.objects, "fire_due", unreachable)
+        scheduler.platform_tick()  # the outage: the step fails, beat goes on
+    scheduler.platform_tick()  # back, but the workers may not have heartbeaten yet
+    assert Run.objects.get(pk=run.pk).state == S.RUNNING
+
+    scheduler._database_failed_at -= settings.WORKER_HEARTBEAT_INTERVAL * settings.WORKER_MISSED_HEARTBEATS
+    scheduler.platform_tick()  # their allowance is over: the run's worker is gone
+    assert Run.objects.get(pk=run.pk).state == S.FAILED
