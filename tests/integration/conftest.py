@@ -18,14 +18,19 @@ from django.db import connections
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+CELERY = [sys.executable, "-m", "celery", "-A", "scheduler_site"]
 
 
 class Process:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+    """A process of its own session (group), its output kept in `log`; celery's by default."""
+
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], log: Path, *, command: list[str] = CELERY
+    ) -> None:
         self.name, self.log = name, log
         self._file = log.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "scheduler_site", *args],
+            [*command, *args],
             cwd=ROOT,
             env=env,
             stdout=self._file,
@@ -36,9 +41,14 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM to its group), without waiting."""
         if self.popen.poll() is None:
             os.killpg(self.popen.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.terminate()
             try:
                 self.popen.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -92,6 +102,8 @@ def platform(
         wait_until(lambda: "beat: Starting" in processes["beat"].output(), timeout=60, what="beat to start")
         yield processes
     finally:
+        for process in processes.values():
+            process.terminate()
         for process in processes.values():
             process.stop()
         for process in processes.values():

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
 
 import pytest
 from django.utils import timezone
 
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Task, Worker
-from tasks_app.querysets import RunRequest
 from tests.conftest import wait_until
-from tests.integration.conftest import Process, process_env
 
 S = RunState
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-def fragile_worker(name: str, tmp_path) -> Process:
-    return Process(
-        name,
-        [
-            "worker",
-            "-l",
-            "info",
-            "-c",
-            "1",
-            "-Q",
-            "fragile",
-            "-n",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        process_env(),
-        tmp_path / f"{name}.log",
-    )
 
 
 def test_platform_worker_records_itself_and_heartbeats(platform) -> None:
@@ -48,40 +23,6 @@ def test_platform_worker_records_itself_and_heartbeats(platform) -> None:
     wait_until(lambda: Worker.objects.get(pk=worker.pk).last_heartbeat > first, timeout=5, what="a heartbeat")
     assert Worker.objects.get(pk=worker.pk).online
     assert "default" in worker.queues and worker.concurrency == 2
-
-
-def test_sigkill_of_a_worker_mid_run_ends_with_the_run_completed_once(platform, tmp_path) -> None:
-    task = Task.objects.create(
-        name="fragile", handler="builtin.sleep", queue="fragile", kwargs={"seconds": 2},
-        max_retries=2, retry_backoff=0.1, retry_jitter=False,
-    )  # fmt: skip
-    victim = fragile_worker("victim", tmp_path)
-    rescuer = None
-    try:
-        wait_until(
-            lambda: Worker.objects.filter(hostname__startswith="victim@").exists(), timeout=60, what="victim"
-        )
-        run, _ = Run.objects.submit(RunRequest(task=task))
-        wait_until(lambda: Run.objects.get(pk=run.pk).state == S.RUNNING, timeout=30, what="the run to start")
-
-        os.killpg(victim.popen.pid, signal.SIGKILL)  # main process and its pool, mid-run
-        rescuer = fragile_worker("rescuer", tmp_path)
-
-        run = wait_until(
-            lambda: Run.objects.filter(pk=run.pk, state=S.COMPLETED).first(), timeout=60, what="completion"
-        )
-        moves = list(run.events.values_list("from_state", "to_state", "reason"))
-        completed = [m for m in moves if m[1] == S.COMPLETED]
-        lost = [m for m in moves if m[1] == S.RETRYING]
-        print(f"injected: SIGKILL of worker victim during run {run.pk}; counted: completed {len(completed)}, "
-              f"moved on after the loss {len(lost)}, attempts {run.attempt}")  # fmt: skip
-        assert len(completed) == 1
-        assert lost and lost[0][2].startswith("worker lost; retry 1 of 2")
-        assert run.attempt == 2 and run.worker.startswith("rescuer@")
-    finally:
-        victim.stop()
-        if rescuer is not None:
-            rescuer.stop()
 
 
 def test_a_pickled_message_runs_nothing(platform) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from tasks_app.handlers import RunContext, handler
 
@@ -20,3 +23,17 @@ def count(ctx: RunContext, **kwargs: Any) -> dict[str, int]:
         return {"executions": client.hincrby(EXECUTIONS, str(ctx.run_id), 1)}
     finally:
         client.close()
+
+
+@handler("tests.record")
+def record(ctx: RunContext, seconds: float = 0, **kwargs: Any) -> dict[str, int]:
+    """Works `seconds`, then writes its row under the run's id; executed again, it adds to `times`."""
+    from tests.support.models import Execution
+
+    time.sleep(seconds)  # the work, long enough to be interrupted
+    try:
+        with transaction.atomic():
+            Execution.objects.create(run_id=ctx.run_id, attempt=ctx.attempt)
+    except IntegrityError:
+        Execution.objects.filter(run_id=ctx.run_id).update(times=F("times") + 1)
+    return {"attempt": ctx.attempt}
