@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import pytest
+from django.core.cache.backends.redis import RedisCache
 from django.db import OperationalError
 
 from tasks_app.api.errors import exception_handler
+from tasks_app.api.throttles import SubmitThrottle
 from tasks_app.lifecycle import RunState
+from tasks_app.models import Run
 
 
 def test_handlers_lists_the_registered_ones_with_docstrings(reader) -> None:
@@ -80,6 +83,18 @@ def test_database_errors_become_503_not_500() -> None:
     response = exception_handler(OperationalError(2003, "Can't connect"), {})
     assert response.status_code == 503
     assert "Can't connect" not in str(response.data)
+
+
+def test_submission_while_redis_is_unreachable_is_a_503_and_writes_nothing(api, task, monkeypatch) -> None:
+    # The submit throttle counts in Redis; a cache on a port nothing listens on is Redis gone.
+    dead = RedisCache("redis://127.0.0.1:1/0", {})
+    monkeypatch.setattr(SubmitThrottle, "cache", dead)
+
+    response = api.post("/api/v1/runs/", {"task": "noop"}, format="json")
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": "The broker is unreachable; try again shortly."}
+    assert not Run.objects.exists()
 
 
 def test_metrics_count_runs_by_task_and_state(reader, task, make_run) -> None:

@@ -1,9 +1,11 @@
-"""API errors: domain exceptions become 409s, an unreachable database a 503."""
+"""API errors: domain exceptions become 409s, an unreachable database or broker a 503."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import kombu.exceptions
+import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
@@ -40,9 +42,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     if isinstance(exc, (OperationalError, InterfaceError)):
-        return Response(
-            {"detail": "The database is unreachable; try again shortly."},
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
-        )
+        return _unavailable("database")
+    # Redis holds the throttling counters and the concurrency locks besides the queues.
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)):
+        return _unavailable("broker")
     return drf_exception_handler(exc, context)
+
+
+def _unavailable(what: str) -> Response:
+    return Response(
+        {"detail": f"The {what} is unreachable; try again shortly."},
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )

@@ -51,38 +51,58 @@ def program(name: str) -> str:
     return path
 
 
-class MariaDB:
-    """A MariaDB server of these tests' own, in a data directory under `root`."""
+class Server:
+    """A server of these tests' own, on a free port, its files under `root`; it can be stopped and
+    started again (a new process on the same port and files)."""
+
+    program = ""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.port, self.datadir = root, free_port(), root / "mariadb"
+        self.root, self.port = root, free_port()
         self.starts = 0
         self.process: Process | None = None
+
+    def arguments(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.starts += 1
+        name = f"{self.program}-{self.starts}"
+        self.process = Process(
+            name,
+            self.arguments(),
+            dict(os.environ),
+            self.root / f"{name}.log",
+            command=[program(self.program)],
+        )
+        wait_until(self.answers, timeout=30, what=f"{self.program} to answer")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()  # SIGTERM: a clean shutdown, as `systemctl stop` does
+
+
+class MariaDB(Server):
+    program = "mariadbd"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.datadir = root / "mariadb"
         subprocess.run(
             [program("mariadb-install-db"), "--no-defaults", f"--datadir={self.datadir}",
              f"--user={getpass.getuser()}", "--auth-root-authentication-method=normal", "--skip-test-db"],
             check=True, capture_output=True,
         )  # fmt: skip
 
-    def start(self) -> None:
-        self.starts += 1
-        self.process = Process(
-            f"mariadb ({self.starts})",
-            [
-                "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-                "--bind-address=127.0.0.1",
-                f"--socket={self.root / 'mariadb.sock'}", f"--pid-file={self.root / 'mariadb.pid'}",
-                f"--user={getpass.getuser()}", "--innodb-buffer-pool-size=64M", "--skip-name-resolve",
-            ],
-            dict(os.environ),
-            self.root / f"mariadb-{self.starts}.log",
-            command=[program("mariadbd")],
-        )  # fmt: skip
-        wait_until(self.answers, timeout=30, what="MariaDB to accept connections")
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.stop()  # SIGTERM: a clean shutdown
+    def arguments(self) -> list[str]:
+        return [
+            "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}", "--bind-address=127.0.0.1",
+            f"--socket={self.root / 'mariadb.sock'}", f"--pid-file={self.root / 'mariadb.pid'}",
+            f"--user={getpass.getuser()}", "--innodb-buffer-pool-size=64M", "--skip-name-resolve",
+        ]  # fmt: skip
 
     def answers(self) -> bool:
         try:
@@ -104,13 +124,33 @@ class MariaDB:
             connection.close()
 
 
+class Redis(Server):
+    """Keeps nothing on disk: a restart starts it empty, as a flush leaves it."""
+
+    program = "redis-server"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.client = redis.Redis(port=self.port)
+
+    def arguments(self) -> list[str]:
+        return ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.root)]  # fmt: skip
+
+    def answers(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.ConnectionError:
+            return False
+
+
 @dataclass
 class Platform:
     """Web, beat and workers against the servers above; `api()` speaks to it as a client would."""
 
     root: Path
     mariadb: MariaDB
-    redis: redis.Redis
+    redis: Redis
     env: dict[str, str]
     url: str
     token: str = ""
@@ -177,6 +217,13 @@ class Platform:
             "sent_again": sum(1 for _, _, dispatches in rows if dispatches > 1),
         }
 
+    def executed(self, ids: list[int]) -> int:
+        marks = ", ".join(["%s"] * len(ids))
+        ((count,),) = self.mariadb.query(
+            f"SELECT COUNT(*) FROM support_execution WHERE run_id IN ({marks})", *ids
+        )
+        return count
+
     def finished(self, ids: list[int]) -> bool:
         marks = ", ".join(["%s"] * len(ids))
         ((unfinished,),) = self.mariadb.query(
@@ -188,39 +235,18 @@ class Platform:
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory: Any) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("isolated")
-    mariadb = MariaDB(root)
-    mariadb.start()
-    mariadb.query("CREATE DATABASE platform", database=None)
-    redis_port = free_port()
-    redis_server = Process(
-        "redis",
-        [
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(root),
-        ],
-        dict(os.environ),
-        root / "redis.log",
-        command=[program("redis-server")],
-    )
-    client = redis.Redis(port=redis_port)
-    web_port = free_port()
+    mariadb, redis_server, web_port = MariaDB(root), Redis(root), free_port()
     env = {
         **process_env(),
         "DATABASE_URL": f"mysql://root@127.0.0.1:{mariadb.port}/platform",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
         "SUBMIT_THROTTLE_RATE": "100000/min",
     }
-    platform = Platform(root, mariadb, client, env, f"http://127.0.0.1:{web_port}")
+    platform = Platform(root, mariadb, redis_server, env, f"http://127.0.0.1:{web_port}")
     try:
-        wait_until(lambda: _pings(client), timeout=30, what="Redis to answer")
+        mariadb.start()
+        mariadb.query("CREATE DATABASE platform", database=None)
+        redis_server.start()
         manage = [sys.executable, "manage.py"]
         subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         out = subprocess.run(
@@ -242,17 +268,9 @@ def isolated(tmp_path_factory: Any) -> Iterator[Platform]:
         for process in platform.processes:
             process.stop()
         redis_server.stop()
-        if mariadb.process is not None:
-            mariadb.stop()
+        mariadb.stop()
         for process in platform.processes:
             sys.stderr.write(f"\n--- {process.name} log (tail) ---\n{process.output()[-3000:]}\n")
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def _answers(url: str) -> bool:
@@ -329,20 +347,46 @@ def test_redis_flush_with_runs_pending_loses_none(isolated: Platform) -> None:
     isolated.task("flushed", queue="flushed", kwargs={"seconds": 0.1})
     isolated.worker("flushed", queue="flushed")
     ids = isolated.submit("flushed", 60)
-    wait_until(
-        lambda: isolated.mariadb.query("SELECT COUNT(*) FROM support_execution")[0][0] >= 4,
-        timeout=30,
-        what="a few runs to complete",
-    )
+    wait_until(lambda: isolated.executed(ids) >= 4, timeout=30, what="a few runs to complete")
 
-    queued = _queued(isolated.redis, "flushed")
-    isolated.redis.flushall()  # every queued message, the unacknowledged ones, kombu's bindings
+    queued = _queued(isolated.redis.client, "flushed")
+    isolated.redis.client.flushall()  # every queued message, the unacknowledged ones, kombu's bindings
 
     wait_until(lambda: isolated.finished(ids), timeout=90, what="every run to finish")
     counts = isolated.count(ids)
     _report(f"FLUSHALL of Redis with {queued} messages queued", counts)
     assert queued > 0 and counts["sent_again"] >= queued
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (60, 0, 0)
+
+
+def test_redis_restart_with_runs_queued_answers_503_meanwhile_and_loses_none(isolated: Platform) -> None:
+    isolated.task("restarted", queue="restarted", kwargs={"seconds": 0.1})
+    isolated.worker("restarted", queue="restarted")
+    ids = isolated.submit("restarted", 40)
+    wait_until(lambda: isolated.executed(ids) >= 4, timeout=30, what="a few runs to complete")
+
+    queued = _queued(isolated.redis.client, "restarted")
+    isolated.redis.stop()  # it keeps nothing on disk: it comes back empty
+    refused = isolated.api("POST", "/api/v1/runs/", {"task": "restarted"})
+    ready = isolated.api("GET", "/readyz")
+    isolated.redis.start()
+    # Submissions are accepted again once the web processes have reconnected.
+    later = wait_until(
+        lambda: _submitted(isolated, "restarted", 5), timeout=30, what="submissions to succeed"
+    )
+
+    wait_until(lambda: isolated.finished(ids + later), timeout=90, what="every run to finish")
+    counts = isolated.count(ids + later)
+    _report(f"Redis stopped and started empty with {queued} messages queued", counts,
+            submit_while_down=refused[0], readyz_while_down=ready[0])  # fmt: skip
+    assert queued > 0 and refused == (503, {"detail": "The broker is unreachable; try again shortly."})
+    assert ready[0] == 503 and ready[1]["broker"] != "ok"
+    assert (counts["completed"], counts["duplicated"], counts["lost"]) == (45, 0, 0)
+
+
+def _submitted(platform: Platform, task: str, count: int) -> list[int] | None:
+    status, body = platform.api("POST", "/api/v1/runs/bulk/", {"runs": [{"task": task}] * count})
+    return [run["id"] for run in body] if status == 201 else None
 
 
 class Load(threading.Thread):
