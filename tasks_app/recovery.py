@@ -11,6 +11,8 @@
   is empty and no worker holds its message, yet it has waited PENDING_RESEND_AFTER) is
   marked due, and RunQuerySet.dispatch_due() sends it again under its next message
   number, so it still runs once.
+- A running workflow run with no step in flight is advanced again: the advance after
+  its last step's move was lost with a process or the database.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from celery.signals import worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from tasks_app import workflows
 from tasks_app.lifecycle import InvalidTransition, RunState
 
 logger = logging.getLogger(__name__)
@@ -154,6 +158,30 @@ def recover_lost_runs(now: dt.datetime | None = None) -> int:
     if moved:
         logger.warning("moved on %d run(s) lost with their worker", moved)
     return moved
+
+
+def advance_stalled_workflows(limit: int = 100) -> int:
+    """Advance running workflow runs that have no step in flight; returns how many.
+
+    Normally each step's last move advances its workflow run at once; a process that died
+    between the two, or a database that went away, leaves it waiting for nothing.
+    Advancing is idempotent, so one advanced concurrently comes to no harm.
+    """
+    from tasks_app.models import Run, WorkflowRun, WorkflowState
+
+    in_flight = Run.objects.filter(
+        workflow_run=OuterRef("pk"), state__in=[S.PENDING, S.RUNNING, S.RETRYING, S.PAUSED]
+    )
+    stalled = list(
+        WorkflowRun.objects.filter(state=WorkflowState.RUNNING)
+        .exclude(Exists(in_flight))
+        .values_list("pk", flat=True)[:limit]
+    )
+    for pk in stalled:
+        workflows.advance(pk)
+    if stalled:
+        logger.warning("advanced %d workflow run(s) that had no step in flight", len(stalled))
+    return len(stalled)
 
 
 def resend_lost_messages(now: dt.datetime | None = None) -> int:

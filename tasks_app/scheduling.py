@@ -79,8 +79,8 @@ class PlatformScheduler(DatabaseScheduler):
         # allowance of missed heartbeats after it is back before judging any of them lost.
         allowance = settings.WORKER_HEARTBEAT_INTERVAL * settings.WORKER_MISSED_HEARTBEATS
         if time.monotonic() - self._database_failed_at > allowance:
-            self._every("_swept_at", settings.WORKER_HEARTBEAT_INTERVAL,
-                        recovery.recover_lost_runs, recovery.resend_lost_messages)  # fmt: skip
+            self._every("_swept_at", settings.WORKER_HEARTBEAT_INTERVAL, recovery.recover_lost_runs,
+                        recovery.resend_lost_messages, recovery.advance_stalled_workflows)  # fmt: skip
         self._every("_locks_extended_at", settings.CONCURRENCY_LOCK_TTL / 3, concurrency.extend_active)
         return busy
 

@@ -11,7 +11,9 @@ from tasks_app.execution import execute
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Schedule, Workflow, WorkflowRun
 from tasks_app.models.workflows import InvalidWorkflow, check_steps
+from tasks_app.recovery import advance_stalled_workflows
 from tasks_app.workflows import RUN, SKIP, WAIT, verdict
+from tests.conftest import queued_ids
 
 S = RunState
 TASKS = {"ok", "boom"}
@@ -263,3 +265,24 @@ def test_a_schedule_fires_a_workflow_once_per_instant(
     workflow_run = WorkflowRun.objects.get(schedule=schedule)
     assert workflow_run.scheduled_for == t0
     assert states(workflow_run)["A"] == S.PENDING
+
+
+def test_a_workflow_run_whose_advance_was_lost_is_advanced_by_the_sweep(
+    diamond, broker, django_capture_on_commit_callbacks
+) -> None:
+    workflow = diamond()
+    stalled = start(workflow, django_capture_on_commit_callbacks)
+    copy = Workflow.objects.create(name="busy", steps=workflow.steps)
+    busy = start(copy, django_capture_on_commit_callbacks)
+    a = workflows.latest_runs(stalled.pk)["A"]
+    with django_capture_on_commit_callbacks(execute=False):  # its process dies before the advance
+        execute(a.pk, a.dispatches, hostname="w1")
+    assert states(stalled) == {"A": S.COMPLETED, "B": S.CREATED, "C": S.CREATED, "D": S.CREATED}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert advance_stalled_workflows() == 1  # not `busy`: its A is in flight
+
+    assert states(stalled) == {"A": S.COMPLETED, "B": S.PENDING, "C": S.PENDING, "D": S.CREATED}
+    assert states(busy)["A"] == S.PENDING
+    sent = workflows.latest_runs(stalled.pk)
+    assert {sent["B"].message_id, sent["C"].message_id} <= set(queued_ids(broker))
