@@ -241,6 +241,7 @@ def isolated(tmp_path_factory: Any) -> Iterator[Platform]:
         "DATABASE_URL": f"mysql://root@127.0.0.1:{mariadb.port}/platform",
         "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
         "SUBMIT_THROTTLE_RATE": "100000/min",
+        "RUN_MAX_DELIVERIES": "3",
     }
     platform = Platform(root, mariadb, redis_server, env, f"http://127.0.0.1:{web_port}")
     try:
@@ -341,6 +342,27 @@ def test_sigkill_of_a_pool_process_moves_its_run_on_while_the_worker_lives(isola
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (1, 0, 0)
     assert reason.startswith("worker lost; retry 1 of 2")
     assert attempt == 2 and ran_on.startswith("parent@") and worker.popen.poll() is None  # it lived on
+
+
+def test_a_run_that_keeps_killing_its_pool_process_fails_after_run_max_deliveries(isolated: Platform) -> None:
+    status, body = isolated.api("POST", "/api/v1/tasks/", {"name": "poison", "handler": "tests.die",
+                                "queue": "poison", "max_retries": 10, "retry_backoff": 0.1})  # fmt: skip
+    assert status == 201, body
+    worker = isolated.worker("poisoned", queue="poison", concurrency=1)
+    (run,) = isolated.submit("poison", 1)
+
+    wait_until(lambda: isolated.finished([run]), timeout=90, what="the run to be given up")
+    ((state, attempt, reason),) = isolated.mariadb.query(
+        "SELECT r.state, r.attempt, e.reason FROM tasks_app_run r"
+        " JOIN tasks_app_runevent e ON e.run_id = r.id WHERE r.id = %s ORDER BY e.id DESC LIMIT 1",
+        run,
+    )
+    _report("a handler that SIGKILLs its pool process on every attempt (max_retries 10)", {},
+            state=state, attempts=attempt, reason=reason)  # fmt: skip
+    max_deliveries = int(isolated.env["RUN_MAX_DELIVERIES"])
+    assert (state, attempt) == ("failed", max_deliveries)
+    assert reason == f"worker lost {max_deliveries} times: not sent again"
+    assert worker.popen.poll() is None  # the worker itself lived through it
 
 
 def test_redis_flush_with_runs_pending_loses_none(isolated: Platform) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -37,3 +39,9 @@ def record(ctx: RunContext, seconds: float = 0, **kwargs: Any) -> dict[str, int]
     except IntegrityError:
         Execution.objects.filter(run_id=ctx.run_id).update(times=F("times") + 1)
     return {"attempt": ctx.attempt}
+
+
+@handler("tests.die")
+def die(ctx: RunContext, **kwargs: Any) -> None:
+    """Kills the process executing it, every time: a poison message."""
+    os.kill(os.getpid(), signal.SIGKILL)
