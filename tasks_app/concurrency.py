@@ -113,6 +113,28 @@ def _gate_one(run: Run) -> None:
         logger.info("run %s queued behind run %s", run.pk, holder_id)
 
 
+def lock_for_resend(run: Run) -> dict[str, object]:
+    """The lock fields for `run` sent again by an operator (retry, resume) without going
+    through `created`; the task's policy applies as at submission, a conflict refusing it.
+
+    The caller moves the run with these fields, and calls `release(run)` if that fails.
+    """
+    run.lock_token = secrets.token_hex(16)
+    fence, holder = dispatch.broker_client().eval(_ACQUIRE, 2, *_keys(run.task_id), _value(run), _ttl_ms())
+    if fence:
+        return {"fence": fence, "lock_token": run.lock_token}
+    policy = run.task.concurrency_policy
+    holder_id = int(holder.split(":", 1)[0]) if holder else None
+    if policy != ConcurrencyPolicy.REPLACE:
+        run.lock_token = ""
+        raise InvalidTransition(
+            run.pk, run.state, RunState.PENDING, f"{policy}: run {holder_id} of this task is active"
+        )
+    fence = dispatch.broker_client().eval(_TAKE_OVER, 2, *_keys(run.task_id), _value(run), _ttl_ms())
+    transaction.on_commit(lambda: _cancel(holder_id, by_run=run.pk))
+    return {"fence": fence, "lock_token": run.lock_token}
+
+
 def _send(run: Run, fence: int, *, reason: str) -> None:
     run.move(
         RunState.PENDING,
@@ -153,7 +175,7 @@ def advance_queue(task_id: int) -> None:
 
     waiting = (
         Run.objects.select_related("task")
-        .filter(task_id=task_id, state=RunState.CREATED, due_at__isnull=True)
+        .filter(task_id=task_id, state=RunState.CREATED, due_at__isnull=True, workflow_run__isnull=True)
         .order_by("id")
         .first()
     )
@@ -176,7 +198,7 @@ def extend_active() -> int:
         pipe.execute()
     # Runs left waiting (their holder ended without a release, or Redis was down).
     waiting_tasks = set(
-        Run.objects.filter(state=RunState.CREATED, due_at__isnull=True)
+        Run.objects.filter(state=RunState.CREATED, due_at__isnull=True, workflow_run__isnull=True)
         .exclude(task__concurrency_policy=ConcurrencyPolicy.ALLOW)
         .values_list("task_id", flat=True)
     )

@@ -6,7 +6,7 @@ import pytest
 
 from tasks_app import concurrency
 from tasks_app.execution import execute
-from tasks_app.lifecycle import RunState
+from tasks_app.lifecycle import InvalidTransition, RunState
 from tasks_app.models import Run
 from tasks_app.querysets import RunRequest
 from tests.conftest import queued_ids
@@ -165,3 +165,94 @@ def test_schedule_of_a_forbid_task_records_a_skipped_fire(
     first, second = Run.objects.filter(schedule=schedule).order_by("scheduled_for")
     assert (first.state, second.state) == (S.PENDING, S.SKIPPED)
     assert "forbid" in second.events.last().reason
+
+
+def test_manual_retry_of_a_forbid_run_is_a_409_while_another_is_active(
+    make_task, submit, broker, api, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task(concurrency_policy="forbid", handler="tests.explode")
+    failed = finish(submit(task), django_capture_on_commit_callbacks)
+    assert failed.state == S.FAILED
+    active = submit(task)
+
+    response = api.post(f"/api/v1/runs/{failed.pk}/retry/")
+
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": f"run {failed.pk} is failed: it cannot move to pending "
+        f"(forbid: run {active.pk} of this task is active)",
+        "state": "failed",
+    }
+    assert Run.objects.get(pk=failed.pk).state == S.FAILED
+    assert f"{failed.pk}.2" not in queued_ids(broker)
+    assert broker.get(lock_key(task)).decode().startswith(f"{active.pk}:")
+
+
+def test_manual_retry_of_a_gated_run_takes_the_lock_as_a_new_run_would(
+    make_task, submit, broker, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task(concurrency_policy="forbid", handler="tests.explode")
+    failed = finish(submit(task), django_capture_on_commit_callbacks)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        failed.retry(by="tester")
+
+    failed.refresh_from_db()
+    assert (failed.state, failed.fence) == (S.PENDING, 2)
+    assert broker.get(lock_key(task)).decode() == f"{failed.pk}:{failed.lock_token}"
+    assert submit(task).state == S.SKIPPED  # it holds the lock now
+
+
+def test_manual_retry_under_replace_cancels_the_active_run(
+    make_task, submit, broker, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task(concurrency_policy="replace", handler="tests.explode")
+    failed = finish(submit(task), django_capture_on_commit_callbacks)
+    active = submit(task)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        failed.retry(by="tester")
+
+    assert Run.objects.get(pk=active.pk).state == S.CANCELLED
+    assert Run.objects.get(pk=failed.pk).state == S.PENDING
+    assert broker.get(lock_key(task)).decode().startswith(f"{failed.pk}:")
+
+
+def test_a_workflow_step_of_a_queue_task_waits_for_its_upstream_not_for_the_lock(
+    make_task, submit, broker, django_capture_on_commit_callbacks
+) -> None:
+    from tasks_app import workflows
+    from tasks_app.models import Workflow
+
+    make_task(name="first", handler="builtin.noop")
+    task = make_task(name="queued", concurrency_policy="queue")
+    workflow = Workflow.objects.create(name="w", steps=[
+        {"key": "a", "task": "first", "kwargs": {}, "depends_on": [], "trigger_rule": "all_success"},
+        {"key": "b", "task": "queued", "kwargs": {}, "depends_on": ["a"], "trigger_rule": "all_success"},
+    ])  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=True):
+        workflow_run = workflows.start(workflow, by="tester")
+    other = submit(task)
+
+    finish(other, django_capture_on_commit_callbacks)  # its release sends the task's next waiting run
+    with django_capture_on_commit_callbacks(execute=True):
+        concurrency.extend_active()  # and so does beat, for waiting runs whose holder vanished
+
+    assert workflows.latest_runs(workflow_run.pk)["b"].state == S.CREATED  # a has not run yet
+
+
+def test_resume_of_a_queued_run_paused_in_created_is_refused_while_the_lock_is_held(
+    make_task, submit, broker, django_capture_on_commit_callbacks
+) -> None:
+    task = make_task(concurrency_policy="queue")
+    active, waiting = submit(task), submit(task)
+    waiting.pause(by="tester")
+
+    with pytest.raises(InvalidTransition, match=f"queue: run {active.pk} of this task is active"):
+        waiting.resume(by="tester")
+
+    finish(active, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        waiting.resume(by="tester")
+    waiting.refresh_from_db()
+    assert (waiting.state, waiting.fence) == (S.PENDING, 2)

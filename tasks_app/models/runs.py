@@ -16,6 +16,7 @@ from tasks_app.lifecycle import (
     Trigger,
     sources_of,
 )
+from tasks_app.models.tasks import ConcurrencyPolicy
 from tasks_app.querysets import RunQuerySet
 
 S = RunState
@@ -258,16 +259,32 @@ class Run(models.Model):
         )
 
     def _send_again(self, *sources: RunState, by: str, actor: str, reason: str, **changes: Any) -> None:
-        self.move(
-            S.PENDING,
-            only_from=frozenset(sources),
-            actor=actor,
-            actor_name=by,
-            reason=reason,
-            new_message=True,
-            due_at=None,
-            **changes,
+        if self.state not in sources:  # refused before the task's lock is touched
+            raise InvalidTransition(self.pk, self.state, S.PENDING)
+        # A run of a gated task holds no lock once finished, nor while paused from `created`:
+        # sent again, it takes the lock as a new run would (workflow steps are never gated).
+        gated = self.task.concurrency_policy != ConcurrencyPolicy.ALLOW and not self.workflow_run_id
+        lock = (
+            concurrency.lock_for_resend(self)
+            if gated and not (self.state == S.PAUSED and self.lock_token)
+            else {}
         )
+        try:
+            self.move(
+                S.PENDING,
+                only_from=frozenset(sources),
+                actor=actor,
+                actor_name=by,
+                reason=reason,
+                new_message=True,
+                due_at=None,
+                **changes,
+                **lock,
+            )
+        except InvalidTransition:
+            if lock:
+                concurrency.release(self)
+            raise
         transaction.on_commit(lambda: dispatch.publish([self]))
 
     # --- worker side ------------------------------------------------------------------
