@@ -28,7 +28,7 @@ import celery
 from celery.signals import worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -82,6 +82,8 @@ def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
                 record_worker(
                     hostname, queues=queues, concurrency=concurrency, executing=_executing(), now=now
                 )
+            except (OperationalError, InterfaceError) as exc:
+                logger.warning("worker heartbeat failed: database unreachable: %s", exc)
             except Exception:
                 logger.exception("worker heartbeat failed")
             if _stop.wait(settings.WORKER_HEARTBEAT_INTERVAL):

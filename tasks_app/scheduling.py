@@ -92,6 +92,9 @@ class PlatformScheduler(DatabaseScheduler):
         for job in jobs:
             try:
                 job()
+            except (OperationalError, InterfaceError) as exc:
+                self._database_failed_at = time.monotonic()
+                logger.error("%s failed: database unreachable: %s", job.__name__, exc)
             except Exception:
                 logger.exception("%s failed", job.__name__)
 
