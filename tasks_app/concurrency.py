@@ -94,21 +94,16 @@ def gate(runs: list[Run]) -> None:
 
 def _gate_one(run: Run) -> None:
     policy = run.task.concurrency_policy
-    run.lock_token = secrets.token_hex(16)
-    fence, holder = dispatch.broker_client().eval(_ACQUIRE, 2, *_keys(run.task_id), _value(run), _ttl_ms())
+    fence, holder_id = _try_lock(run)
     if fence:
         _send(run, fence, reason="took the task's concurrency lock")
-        return
-    holder_id = int(holder.split(":", 1)[0]) if holder else None
-    if policy != ConcurrencyPolicy.REPLACE:
-        run.lock_token = ""  # it holds nothing
-    if policy == ConcurrencyPolicy.FORBID:
-        run.move(RunState.SKIPPED, only_from=frozenset({RunState.CREATED}),
-                 reason=f"forbid: run {holder_id} of this task is active", actor=Actor.SYSTEM)  # fmt: skip
     elif policy == ConcurrencyPolicy.REPLACE:
-        fence = dispatch.broker_client().eval(_TAKE_OVER, 2, *_keys(run.task_id), _value(run), _ttl_ms())
+        fence = _take_over(run)
         _cancel(holder_id, by_run=run.pk)
         _send(run, fence, reason=f"replace: took over from run {holder_id}")
+    elif policy == ConcurrencyPolicy.FORBID:
+        run.move(RunState.SKIPPED, only_from=frozenset({RunState.CREATED}),
+                 reason=f"forbid: run {holder_id} of this task is active", actor=Actor.SYSTEM)  # fmt: skip
     else:  # queue: waits in created; release() of the active run sends it
         logger.info("run %s queued behind run %s", run.pk, holder_id)
 
@@ -119,20 +114,32 @@ def lock_for_resend(run: Run) -> dict[str, object]:
 
     The caller moves the run with these fields, and calls `release(run)` if that fails.
     """
+    policy = run.task.concurrency_policy
+    fence, holder_id = _try_lock(run)
+    if not fence:
+        if policy != ConcurrencyPolicy.REPLACE:
+            why = f"{policy}: run {holder_id} of this task is active"
+            raise InvalidTransition(run.pk, run.state, RunState.PENDING, why)
+        fence = _take_over(run)
+        transaction.on_commit(lambda: _cancel(holder_id, by_run=run.pk))
+    return {"fence": fence, "lock_token": run.lock_token}
+
+
+def _try_lock(run: Run) -> tuple[int, int | None]:
+    """Take the task's lock for `run` under a new token: (the fence, None), or, when another
+    run holds it, (0, that run's id) and no token."""
     run.lock_token = secrets.token_hex(16)
     fence, holder = dispatch.broker_client().eval(_ACQUIRE, 2, *_keys(run.task_id), _value(run), _ttl_ms())
     if fence:
-        return {"fence": fence, "lock_token": run.lock_token}
-    policy = run.task.concurrency_policy
-    holder_id = int(holder.split(":", 1)[0]) if holder else None
-    if policy != ConcurrencyPolicy.REPLACE:
-        run.lock_token = ""
-        raise InvalidTransition(
-            run.pk, run.state, RunState.PENDING, f"{policy}: run {holder_id} of this task is active"
-        )
-    fence = dispatch.broker_client().eval(_TAKE_OVER, 2, *_keys(run.task_id), _value(run), _ttl_ms())
-    transaction.on_commit(lambda: _cancel(holder_id, by_run=run.pk))
-    return {"fence": fence, "lock_token": run.lock_token}
+        return fence, None
+    run.lock_token = ""  # it holds nothing
+    return 0, int(holder.split(":", 1)[0]) if holder else None
+
+
+def _take_over(run: Run) -> int:
+    """Take the task's lock for `run` whoever holds it (replace policy); returns the new fence."""
+    run.lock_token = secrets.token_hex(16)
+    return dispatch.broker_client().eval(_TAKE_OVER, 2, *_keys(run.task_id), _value(run), _ttl_ms())
 
 
 def _send(run: Run, fence: int, *, reason: str) -> None:

@@ -134,12 +134,12 @@ def recover_lost_runs(now: dt.datetime | None = None) -> int:
     lost: dict[str, str] = {}  # message id of the lost attempt: why
     running = Run.objects.filter(state=S.RUNNING, started_at__lt=now - interval)
     for pk, worker, started_at, dispatches in running.values_list("pk", "worker", "started_at", "dispatches"):
+        message = f"{pk}.{dispatches}"
         if worker not in online:
             if started_at < now - grace:  # else it may have started just before a first heartbeat
-                lost[f"{pk}.{dispatches}"] = f"worker {worker or '?'} went offline"
+                lost[message] = f"worker {worker or '?'} went offline"
         else:
             heartbeat, executing = online[worker]
-            message = f"{pk}.{dispatches}"
             if executing is not None and heartbeat >= started_at + interval and message not in executing:
                 lost[message] = f"worker {worker} is no longer executing it"
     moved = 0

@@ -365,11 +365,17 @@ def test_a_run_that_keeps_killing_its_pool_process_fails_after_run_max_deliverie
     assert worker.popen.poll() is None  # the worker itself lived through it
 
 
+def _under_way(platform: Platform, name: str, count: int) -> list[int]:
+    """`count` short runs of a task `name` for a worker of their own, a few of them done already."""
+    platform.task(name, queue=name, kwargs={"seconds": 0.1})
+    platform.worker(name, queue=name)
+    ids = platform.submit(name, count)
+    wait_until(lambda: platform.executed(ids) >= 4, timeout=30, what="a few runs to complete")
+    return ids
+
+
 def test_redis_flush_with_runs_pending_loses_none(isolated: Platform) -> None:
-    isolated.task("flushed", queue="flushed", kwargs={"seconds": 0.1})
-    isolated.worker("flushed", queue="flushed")
-    ids = isolated.submit("flushed", 60)
-    wait_until(lambda: isolated.executed(ids) >= 4, timeout=30, what="a few runs to complete")
+    ids = _under_way(isolated, "flushed", 60)
 
     queued = _queued(isolated.redis.client, "flushed")
     isolated.redis.client.flushall()  # every queued message, the unacknowledged ones, kombu's bindings
@@ -382,10 +388,7 @@ def test_redis_flush_with_runs_pending_loses_none(isolated: Platform) -> None:
 
 
 def test_redis_restart_with_runs_queued_answers_503_meanwhile_and_loses_none(isolated: Platform) -> None:
-    isolated.task("restarted", queue="restarted", kwargs={"seconds": 0.1})
-    isolated.worker("restarted", queue="restarted")
-    ids = isolated.submit("restarted", 40)
-    wait_until(lambda: isolated.executed(ids) >= 4, timeout=30, what="a few runs to complete")
+    ids = _under_way(isolated, "restarted", 40)
 
     queued = _queued(isolated.redis.client, "restarted")
     isolated.redis.stop()  # it keeps nothing on disk: it comes back empty
