@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +108,15 @@ def platform(
             process.stop()
         for process in processes.values():
             sys.stderr.write(f"\n--- {process.name} log (tail) ---\n{process.output()[-3000:]}\n")
+
+
+@pytest.fixture
+def report(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
+    """Writes a line into the test run's output even when the test passes: what a fault
+    test injected and what it counted belongs in CI's log."""
+
+    def write(line: str) -> None:
+        with capsys.disabled():
+            sys.stdout.write(f"\n{line}\n")
+
+    return write

@@ -40,7 +40,7 @@ def more_beats(platform, tmp_path) -> Iterator[list[Process]]:
             beat.stop()
 
 
-def test_three_beats_fire_every_instant_exactly_once(platform, more_beats) -> None:
+def test_three_beats_fire_every_instant_exactly_once(platform, more_beats, report) -> None:
     task = Task.objects.create(name="tick", handler="builtin.noop")
     schedules = [
         Schedule.objects.create(task=task, cron="* * * * * *"),
@@ -74,6 +74,6 @@ def test_three_beats_fire_every_instant_exactly_once(platform, more_beats) -> No
         assert started - dt.timedelta(seconds=3) <= fired[0] and fired[-1] <= stopped
     lateness = [run.lateness.total_seconds() for run in Run.objects.all()]
     firing = [beat.name for beat in [platform["beat"], *more_beats] if "fire due schedules" in beat.output()]
-    print(f"runs fired: {len(lateness)}, by {firing}; lateness max {max(lateness):.3f}s")
+    report(f"runs fired: {len(lateness)}, by {firing}; lateness max {max(lateness):.3f}s")
     assert len(firing) >= 2, "the schedulers did not share the work"
     assert max(lateness) < 5

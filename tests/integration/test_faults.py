@@ -25,7 +25,7 @@ def test_platform_worker_records_itself_and_heartbeats(platform) -> None:
     assert "default" in worker.queues and worker.concurrency == 2
 
 
-def test_a_pickled_message_runs_nothing(platform) -> None:
+def test_a_pickled_message_runs_nothing(platform, report) -> None:
     from scheduler_site.celery import app
 
     task = Task.objects.create(name="noop", handler="builtin.noop")
@@ -40,5 +40,5 @@ def test_a_pickled_message_runs_nothing(platform) -> None:
     wait_until(lambda: "disallowed" in platform["worker"].output().lower(), timeout=20, what="the refusal")
 
     run.refresh_from_db()
-    print(f"injected: a pickled message for run {run.pk}; counted: state {run.state}, attempts {run.attempt}")
+    report(f"injected: a pickled message for run {run.pk}; counted: {run.state}, attempts {run.attempt}")
     assert (run.state, run.attempt) == (S.PENDING, 0)

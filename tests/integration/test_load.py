@@ -21,7 +21,9 @@ LOAD_SECONDS = 60
 PER_SECOND = 20
 
 
-def test_two_workers_and_two_beats_under_load_lose_nothing_and_run_nothing_twice(platform, tmp_path) -> None:
+def test_two_workers_and_two_beats_under_load_lose_nothing_and_run_nothing_twice(
+    platform, tmp_path, report
+) -> None:
     broker = redis.Redis.from_url(settings.REDIS_URL)
     broker.delete(EXECUTIONS)
     env = process_env()
@@ -55,7 +57,7 @@ def test_two_workers_and_two_beats_under_load_lose_nothing_and_run_nothing_twice
         duplicated = sum(1 for n in executions.values() if n > 1)
         lost = accepted - completed
         instants = list(runs.filter(trigger="schedule").values_list("schedule_id", "scheduled_for"))
-        print(f"injected: {LOAD_SECONDS}s of load on 2 workers + 2 beats; counted: accepted {accepted} "
+        report(f"injected: {LOAD_SECONDS}s of load on 2 workers + 2 beats; counted: accepted {accepted} "
               f"({submitted} submitted, {fired} scheduled), completed {completed}, duplicated {duplicated}, "
               f"lost {lost}, duplicate schedule instants {len(instants) - len(set(instants))}")  # fmt: skip
         assert accepted == submitted + fired

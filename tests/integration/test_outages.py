@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,11 +286,13 @@ def _queued(client: redis.Redis, queue: str) -> int:
     return sum(client.llen(key) for key in client.scan_iter(f"{queue}*") if client.type(key) == b"list")
 
 
-def _report(injected: str, counts: dict[str, Any], **more: Any) -> None:
-    print(f"injected: {injected}; counted: " + ", ".join(f"{k} {v}" for k, v in (counts | more).items()))
+def _counted(injected: str, counts: dict[str, Any], **more: Any) -> str:
+    return f"injected: {injected}; counted: " + ", ".join(f"{k} {v}" for k, v in (counts | more).items())
 
 
-def test_sigkill_of_a_worker_mid_runs_ends_each_run_completed_once(isolated: Platform) -> None:
+def test_sigkill_of_a_worker_mid_runs_ends_each_run_completed_once(
+    isolated: Platform, report: Callable[[str], None]
+) -> None:
     isolated.task("fragile", queue="fragile", kwargs={"seconds": 2}, max_retries=2, retry_backoff=0.1,
                   retry_jitter=False)  # fmt: skip
     victim = isolated.worker("victim", queue="fragile")
@@ -313,13 +315,15 @@ def test_sigkill_of_a_worker_mid_runs_ends_each_run_completed_once(isolated: Pla
         "SELECT run_id, reason FROM tasks_app_runevent WHERE to_state = 'retrying' AND run_id IN (%s, %s)",
         *killed,
     )
-    _report("SIGKILL of worker victim while it ran 2 of 6 runs", counts, moved_on_after_the_loss=len(reasons))
+    report(_counted("SIGKILL of worker victim while it ran 2 of 6 runs", counts, moved_on=len(reasons)))
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (6, 0, 0)
     assert sorted(pk for pk, _ in reasons) == sorted(killed)
     assert all(reason.startswith("worker lost; retry 1 of 2") for _, reason in reasons)
 
 
-def test_sigkill_of_a_pool_process_moves_its_run_on_while_the_worker_lives(isolated: Platform) -> None:
+def test_sigkill_of_a_pool_process_moves_its_run_on_while_the_worker_lives(
+    isolated: Platform, report: Callable[[str], None]
+) -> None:
     isolated.task("orphaned", queue="orphaned", kwargs={"seconds": 2}, max_retries=2, retry_backoff=0.1,
                   retry_jitter=False)  # fmt: skip
     worker = isolated.worker("parent", queue="orphaned", concurrency=1)
@@ -338,13 +342,15 @@ def test_sigkill_of_a_pool_process_moves_its_run_on_while_the_worker_lives(isola
     ((attempt, ran_on),) = isolated.mariadb.query(
         "SELECT attempt, worker FROM tasks_app_run WHERE id = %s", run
     )
-    _report("SIGKILL of the pool process running the run", counts, moved_on=reason, attempts=attempt)
+    report(_counted("SIGKILL of the pool process running the run", counts, moved_on=reason, attempts=attempt))
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (1, 0, 0)
     assert reason.startswith("worker lost; retry 1 of 2")
     assert attempt == 2 and ran_on.startswith("parent@") and worker.popen.poll() is None  # it lived on
 
 
-def test_a_run_that_keeps_killing_its_pool_process_fails_after_run_max_deliveries(isolated: Platform) -> None:
+def test_a_run_that_keeps_killing_its_pool_process_fails_after_run_max_deliveries(
+    isolated: Platform, report: Callable[[str], None]
+) -> None:
     status, body = isolated.api("POST", "/api/v1/tasks/", {"name": "poison", "handler": "tests.die",
                                 "queue": "poison", "max_retries": 10, "retry_backoff": 0.1})  # fmt: skip
     assert status == 201, body
@@ -357,8 +363,8 @@ def test_a_run_that_keeps_killing_its_pool_process_fails_after_run_max_deliverie
         " JOIN tasks_app_runevent e ON e.run_id = r.id WHERE r.id = %s ORDER BY e.id DESC LIMIT 1",
         run,
     )
-    _report("a handler that SIGKILLs its pool process on every attempt (max_retries 10)", {},
-            state=state, attempts=attempt, reason=reason)  # fmt: skip
+    report(_counted("a handler that SIGKILLs its pool process on every attempt (max_retries 10)", {},
+            state=state, attempts=attempt, reason=reason))  # fmt: skip
     max_deliveries = int(isolated.env["RUN_MAX_DELIVERIES"])
     assert (state, attempt) == ("failed", max_deliveries)
     assert reason == f"worker lost {max_deliveries} times: not sent again"
@@ -374,7 +380,7 @@ def _under_way(platform: Platform, name: str, count: int) -> list[int]:
     return ids
 
 
-def test_redis_flush_with_runs_pending_loses_none(isolated: Platform) -> None:
+def test_redis_flush_with_runs_pending_loses_none(isolated: Platform, report: Callable[[str], None]) -> None:
     ids = _under_way(isolated, "flushed", 60)
 
     queued = _queued(isolated.redis.client, "flushed")
@@ -382,12 +388,14 @@ def test_redis_flush_with_runs_pending_loses_none(isolated: Platform) -> None:
 
     wait_until(lambda: isolated.finished(ids), timeout=90, what="every run to finish")
     counts = isolated.count(ids)
-    _report(f"FLUSHALL of Redis with {queued} messages queued", counts)
+    report(_counted(f"FLUSHALL of Redis with {queued} messages queued", counts))
     assert queued > 0 and counts["sent_again"] >= queued
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (60, 0, 0)
 
 
-def test_redis_restart_with_runs_queued_answers_503_meanwhile_and_loses_none(isolated: Platform) -> None:
+def test_redis_restart_with_runs_queued_answers_503_meanwhile_and_loses_none(
+    isolated: Platform, report: Callable[[str], None]
+) -> None:
     ids = _under_way(isolated, "restarted", 40)
 
     queued = _queued(isolated.redis.client, "restarted")
@@ -402,8 +410,8 @@ def test_redis_restart_with_runs_queued_answers_503_meanwhile_and_loses_none(iso
 
     wait_until(lambda: isolated.finished(ids + later), timeout=90, what="every run to finish")
     counts = isolated.count(ids + later)
-    _report(f"Redis stopped and started empty with {queued} messages queued", counts,
-            submit_while_down=refused[0], readyz_while_down=ready[0])  # fmt: skip
+    report(_counted(f"Redis stopped and started empty with {queued} messages queued", counts,
+            submit_while_down=refused[0], readyz_while_down=ready[0]))  # fmt: skip
     assert queued > 0 and refused == (503, {"detail": "The broker is unreachable; try again shortly."})
     assert ready[0] == 503 and ready[1]["broker"] != "ok"
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (45, 0, 0)
@@ -442,7 +450,9 @@ class Load(threading.Thread):
         return [body["id"] for status, body in self.answers if status == 201]
 
 
-def test_mariadb_stop_and_start_under_load_answers_503_and_loses_no_accepted_run(isolated: Platform) -> None:
+def test_mariadb_stop_and_start_under_load_answers_503_and_loses_no_accepted_run(
+    isolated: Platform, report: Callable[[str], None]
+) -> None:
     isolated.task("steady", queue="steady", kwargs={"seconds": 0.3}, max_retries=5, retry_backoff=0.2,
                   retry_jitter=False)  # fmt: skip
     worker = isolated.worker("steady", queue="steady")
@@ -473,8 +483,8 @@ def test_mariadb_stop_and_start_under_load_answers_503_and_loses_no_accepted_run
     counts = isolated.count(accepted)
     statuses = Counter(status for status, _ in load.answers)
     refusals = [body for status, body in load.answers if status == 503]
-    _report("MariaDB stopped and started again under a steady load of submissions", counts,
-            answers=dict(statuses), readyz_while_down=ready[0], outage_seconds=round(outage, 1))  # fmt: skip
+    report(_counted("MariaDB stopped and started again under a steady load of submissions", counts,
+            answers=dict(statuses), readyz_while_down=ready[0], outage_seconds=round(outage, 1)))  # fmt: skip
     assert set(statuses) == {201, 503}, statuses  # no 500, no request left unanswered
     assert all(set(body) == {"detail"} and "Traceback" not in body["detail"] for body in refusals)
     assert ready[0] == 503 and ready[1]["database"] != "ok"
