@@ -319,6 +319,10 @@ def test_sigkill_of_a_worker_mid_runs_ends_each_run_completed_once(
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (6, 0, 0)
     assert sorted(pk for pk, _ in reasons) == sorted(killed)
     assert all(reason.startswith("worker lost; retry 1 of 2") for _, reason in reasons)
+    finished_by = isolated.mariadb.query(
+        "SELECT attempt, worker FROM tasks_app_run WHERE id IN (%s, %s)", *killed
+    )
+    assert all(attempt == 2 and worker.startswith("rescuer@") for attempt, worker in finished_by)
 
 
 def test_sigkill_of_a_pool_process_moves_its_run_on_while_the_worker_lives(
