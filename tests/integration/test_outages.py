@@ -2,7 +2,7 @@
 these tests alone: a MariaDB and a Redis of their own, with web, worker and beat processes
 pointed at them, so stopping or flushing them touches nothing else. Runs are counted by the
 handler `tests.record`, which writes one row under each run's id: a run executed twice
-shows `times` = 2. Each test prints what it injected and what it counted.
+shows `times` = 2. Each test reports what it injected and what it counted in the run's output.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Server:
     """A server of these tests' own, on a free port, its files under `root`; it can be stopped and
     started again (a new process on the same port and files)."""
 
-    program = ""
+    executable = ""
 
     def __init__(self, root: Path) -> None:
         self.root, self.port = root, free_port()
@@ -70,15 +70,15 @@ class Server:
 
     def start(self) -> None:
         self.starts += 1
-        name = f"{self.program}-{self.starts}"
+        name = f"{self.executable}-{self.starts}"
         self.process = Process(
             name,
             self.arguments(),
             dict(os.environ),
             self.root / f"{name}.log",
-            command=[program(self.program)],
+            command=[program(self.executable)],
         )
-        wait_until(self.answers, timeout=30, what=f"{self.program} to answer")
+        wait_until(self.answers, timeout=30, what=f"{self.executable} to answer")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -86,7 +86,7 @@ class Server:
 
 
 class MariaDB(Server):
-    program = "mariadbd"
+    executable = "mariadbd"
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -127,7 +127,7 @@ class MariaDB(Server):
 class Redis(Server):
     """Keeps nothing on disk: a restart starts it empty, as a flush leaves it."""
 
-    program = "redis-server"
+    executable = "redis-server"
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
