@@ -50,7 +50,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def queued(client: Any) -> int:
-    return sum(client.llen(key) for key in client.keys("default*") if client.type(key) == b"list")
+    return sum(client.llen(key) for key in client.keys("*default*") if client.type(key) == b"list")
 
 
 def _reset(size: int) -> Any:

@@ -191,11 +191,17 @@ REST_FRAMEWORK = {
 }
 # Submissions per user (DRF rate: N/s, N/min, N/hour); counted in the shared cache.
 SUBMIT_THROTTLE_RATE = env_str("SUBMIT_THROTTLE_RATE", "6000/min")
+# The broker, the cache and the concurrency locks may share one Redis database: each keeps
+# its keys under a prefix of its own, so no name a user picks (a queue) can land on a key
+# of another kind. Within the broker's, tasks_app.models.tasks refuses the names kombu,
+# Celery and RabbitMQ keep for themselves.
+BROKER_KEY_PREFIX = "broker:"
+LOCK_KEY_PREFIX = "lock:"
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": env_str("CACHE_URL", env_str("REDIS_URL", "redis://127.0.0.1:6379/0")),
-        "KEY_PREFIX": "scheduler",
+        "KEY_PREFIX": "cache",  # keys are "cache:<version>:<key>"
     }
 }
 
@@ -223,6 +229,7 @@ RUN_MAX_DURATION = env_number("RUN_MAX_DURATION", 3600, minimum=1)
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "global_keyprefix": BROKER_KEY_PREFIX,
     "visibility_timeout": int(RUN_MAX_DURATION * 2),
     # Ten priority levels (kombu's Redis transport: 0 is served first).
     "priority_steps": list(range(10)),

@@ -56,7 +56,8 @@ return 0
 
 
 def _keys(task_id: int) -> list[str]:
-    return [f"tasks_app:task:{task_id}:lock", f"tasks_app:task:{task_id}:fence"]
+    prefix = settings.LOCK_KEY_PREFIX
+    return [f"{prefix}task:{task_id}", f"{prefix}task:{task_id}:fence"]
 
 
 def _ttl_ms() -> int:

@@ -91,6 +91,15 @@ def broker_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, decode_responses=True)
 
 
+def queue_length(queue: str) -> int:
+    """Messages waiting in `queue`, every priority counted, as the broker reports them."""
+    with current_app.connection_for_read() as connection:
+        # Not passive: kombu's Redis transport checks a passive declare against unprefixed
+        # keys (EXISTS is not among the commands it prefixes), so it finds no queue at all.
+        declared = connection.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False)
+        return declared.message_count
+
+
 def revoke(message_id: str, *, terminate: bool) -> None:
     """Tell the workers to drop a message, and to stop it if it is executing."""
     try:

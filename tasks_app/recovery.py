@@ -202,12 +202,11 @@ def resend_lost_messages(now: dt.datetime | None = None) -> int:
     queues = set(stale.values_list("task__queue", flat=True).distinct())
     if not queues:
         return 0
-    client = dispatch.broker_client()
     # A queue that still has messages may have these runs' too: wait until it drains.
-    empty = [q for q in queues if not any(client.llen(key) for key in client.scan_iter(f"{q}*"))]
+    empty = [q for q in queues if not dispatch.queue_length(q)]
     if not empty:
         return 0
-    held = _unacknowledged_ids(client)  # delivered to a worker, maybe a dead one: not lost
+    held = _unacknowledged_ids(dispatch.broker_client())  # delivered to a worker, maybe a dead one: not lost
     ids = [
         pk
         for pk, dispatches in stale.filter(task__queue__in=empty).values_list("pk", "dispatches")[:1000]
@@ -222,7 +221,7 @@ def resend_lost_messages(now: dt.datetime | None = None) -> int:
 def _unacknowledged_ids(client: Any) -> set[str]:
     """Ids of the messages kombu's Redis transport has delivered and not yet seen acknowledged."""
     ids = set()
-    for raw in client.hvals("unacked"):
+    for raw in client.hvals(settings.BROKER_KEY_PREFIX + "unacked"):
         try:
             ids.add(json.loads(raw)[0]["headers"]["id"])
         except (ValueError, LookupError, TypeError):

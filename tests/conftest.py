@@ -45,10 +45,16 @@ def broker() -> redis.Redis:
     client.close()
 
 
+def broker_key(name: str) -> str:
+    """The Redis key under which kombu keeps `name` (a queue, or its own "unacked")."""
+    return settings.BROKER_KEY_PREFIX + name
+
+
 def queued_messages(client: redis.Redis, queue: str = "default") -> list[dict[str, Any]]:
     """Messages waiting in `queue` (all its priority lists), oldest first."""
     messages = []
-    for key in sorted(client.keys(f"{queue}*")):
+    keys = [broker_key(queue), *(broker_key(f"{queue}\x06\x16{p}") for p in range(1, 10))]
+    for key in keys:
         if client.type(key) == b"list":
             messages.extend(json.loads(raw) for raw in reversed(client.lrange(key, 0, -1)))
     return messages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 
 from tasks_app import concurrency
 from tasks_app.execution import execute
@@ -34,7 +35,7 @@ def finish(run: Run, django_capture_on_commit_callbacks) -> Run:
 
 
 def lock_key(task) -> str:
-    return f"tasks_app:task:{task.pk}:lock"
+    return f"{settings.LOCK_KEY_PREFIX}task:{task.pk}"
 
 
 def test_allow_runs_side_by_side_without_a_lock(make_task, submit, broker) -> None:

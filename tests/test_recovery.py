@@ -14,7 +14,7 @@ from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Schedule, Worker
 from tasks_app.recovery import record_worker, recover_lost_runs, resend_lost_messages
 from tasks_app.scheduling import PlatformScheduler
-from tests.conftest import queued_ids
+from tests.conftest import broker_key, queued_ids
 
 S = RunState
 NOW = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
@@ -133,11 +133,11 @@ def test_nothing_is_sent_again_while_the_queue_has_messages_or_a_worker_holds_it
     make_task, make_run, broker
 ) -> None:
     run = make_run(make_task(), S.PENDING, dispatches=1, state_changed_at=ago(60))
-    broker.lpush("default", b"{}")
+    broker.lpush(broker_key("default"), b"{}")
     with time_machine.travel(NOW, tick=False):
         assert resend_lost_messages() == 0
-    broker.delete("default")
-    broker.hset("unacked", "tag", json.dumps([{"headers": {"id": f"{run.pk}.1"}}, "", "default"]))
+    broker.delete(broker_key("default"))
+    broker.hset(broker_key("unacked"), "tag", json.dumps([{"headers": {"id": f"{run.pk}.1"}}, "", "default"]))
     with time_machine.travel(NOW, tick=False):
         assert resend_lost_messages() == 0
     assert Run.objects.get(pk=run.pk).dispatches == 1
@@ -151,7 +151,8 @@ def test_a_dead_workers_unacknowledged_messages_hold_back_only_their_own_runs(
     lost = make_run(task, S.PENDING, dispatches=3, state_changed_at=ago(60))
     # kombu keeps a delivered message in "unacked" until acknowledged; a killed worker's stay there.
     for message_id in (f"{held.pk}.1", f"{lost.pk}.2"):
-        broker.hset("unacked", message_id, json.dumps([{"headers": {"id": message_id}}, "", "default"]))
+        message = json.dumps([{"headers": {"id": message_id}}, "", "default"])
+        broker.hset(broker_key("unacked"), message_id, message)
 
     with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
         assert resend_lost_messages() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kombu.exceptions
@@ -18,6 +19,8 @@ from tasks_app.lifecycle import InvalidTransition
 from tasks_app.models.workflows import InvalidWorkflow
 from tasks_app.querysets import IdempotencyConflict
 from tasks_app.workflows import WorkflowConflict
+
+logger = logging.getLogger(__name__)
 
 
 class Conflict(APIException):
@@ -45,6 +48,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return _unavailable("database")
     # Redis holds the throttling counters and the concurrency locks besides the queues.
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)):
+        return _unavailable("broker")
+    if isinstance(exc, redis.RedisError):  # an error Redis answered: nothing the client sent
+        logger.error("Redis refused a command: %s", exc)
         return _unavailable("broker")
     return drf_exception_handler(exc, context)
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -12,6 +13,38 @@ name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
     "Use letters, digits and . _ : - (starting with a letter or digit).",
 )
+
+
+# Queue names the brokers keep for themselves. A run's message goes to a Redis list named
+# after its queue, beside kombu's own keys: a queue called "unacked" turned kombu's hash of
+# delivered messages into a list, and every worker died on it. Celery's control replies go
+# to "<id>.reply.celery.pidbox", its events to "celeryev.<id>"; RabbitMQ refuses "amq.".
+RESERVED_QUEUES = ("unacked", "unacked_index", "unacked_mutex")
+RESERVED_QUEUE_PREFIXES = ("amq.", "celeryev")
+RESERVED_QUEUE_SUFFIXES = (".pidbox",)
+
+
+def validate_queue(name: str) -> None:
+    lowered = name.lower()
+    if (
+        lowered in RESERVED_QUEUES
+        or lowered.startswith(RESERVED_QUEUE_PREFIXES)
+        or lowered.endswith(RESERVED_QUEUE_SUFFIXES)
+    ):
+        raise ValidationError(
+            f"{name!r} is reserved by the broker (names like {', '.join(RESERVED_QUEUES)}, "
+            f"{', '.join(p + '*' for p in RESERVED_QUEUE_PREFIXES)} and "
+            f"{', '.join('*' + s for s in RESERVED_QUEUE_SUFFIXES)}): choose another queue name."
+        )
+
+
+def _queue_not_reserved() -> Q:
+    reserved = Q(queue__in=RESERVED_QUEUES)
+    for prefix in RESERVED_QUEUE_PREFIXES:
+        reserved |= Q(queue__startswith=prefix)
+    for suffix in RESERVED_QUEUE_SUFFIXES:
+        reserved |= Q(queue__endswith=suffix)
+    return ~reserved
 
 
 class ConcurrencyPolicy(models.TextChoices):
@@ -48,7 +81,7 @@ class Task(models.Model):
     description = models.TextField(blank=True)
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
-    queue = models.CharField(max_length=100, default="default", validators=[name_validator])
+    queue = models.CharField(max_length=100, default="default", validators=[name_validator, validate_queue])
     priority = models.PositiveSmallIntegerField(
         default=0,
         validators=[MaxValueValidator(PRIORITY_MAX)],
@@ -85,6 +118,8 @@ class Task(models.Model):
                 condition=Q(retry_backoff__gte=0) & Q(retry_backoff_max__gte=0),
                 name="task_backoff_not_negative",
             ),
+            # validate_queue() for what is written past the API and the admin.
+            models.CheckConstraint(condition=_queue_not_reserved(), name="task_queue_not_reserved"),
         ]
 
     def __str__(self) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import MySQLdb
 import pytest
 import redis
+from django.conf import settings
 
 from tests.conftest import wait_until
 from tests.integration.conftest import ROOT, Process, process_env
@@ -283,7 +284,8 @@ def _answers(url: str) -> bool:
 
 
 def _queued(client: redis.Redis, queue: str) -> int:
-    return sum(client.llen(key) for key in client.scan_iter(f"{queue}*") if client.type(key) == b"list")
+    keys = client.scan_iter(f"{settings.BROKER_KEY_PREFIX}{queue}*")
+    return sum(client.llen(key) for key in keys if client.type(key) == b"list")
 
 
 def _counted(injected: str, counts: dict[str, Any], **more: Any) -> str:
