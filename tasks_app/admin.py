@@ -192,10 +192,11 @@ class ScheduleForm(forms.ModelForm):
 @admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
     form = ScheduleForm
-    list_display = ["id", "task", "kind_text", "enabled", "misfire_policy", "next_fire_at", "last_fired_at"]
+    list_display = ["id", "task", "kind_text", "enabled", "misfire_policy", "next_fire_at", "last_fired_at",
+                    "invalid_reason"]  # fmt: skip
     list_filter = ["enabled", "misfire_policy", "task"]
     list_select_related = ["task"]
-    readonly_fields = ["next_fire_at", "last_fired_at", "periodic_task"]
+    readonly_fields = ["invalid_reason", "next_fire_at", "last_fired_at", "periodic_task"]
     actions = ["pause", "resume", "trigger"]
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:

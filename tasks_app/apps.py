@@ -9,7 +9,11 @@ from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 # Migrations that create triggers (their TRIGGERS maps vendor -> statements).
-TRIGGER_MIGRATIONS = ("0002_run_event_trigger", "0004_schedule_timing_trigger")
+TRIGGER_MIGRATIONS = (
+    "0002_run_event_trigger",
+    "0004_schedule_timing_trigger",
+    "0012_schedule_mended_trigger",
+)
 
 
 def restore_sqlite_triggers(using: str = "default", **kwargs: Any) -> None:

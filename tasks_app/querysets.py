@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.conf import settings
-from django.db import IntegrityError, connections, models, transaction
+from django.db import DatabaseError, IntegrityError, connections, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -238,6 +238,14 @@ class RunQuerySet(models.QuerySet):
         return len(runs) + len(gated_ids)
 
 
+def _set_aside(schedule: Schedule, exc: Exception) -> None:
+    """Stop firing `schedule` until an edit mends it, saying why (saved by the caller)."""
+    why = str(exc) if isinstance(exc, timing.InvalidSchedule) else f"{type(exc).__name__}: {exc}"
+    logger.error("schedule %s set aside, it fires no more until edited: %s", schedule.pk, why)
+    schedule.next_fire_at = None
+    schedule.invalid_reason = why[:500]
+
+
 class ScheduleQuerySet(models.QuerySet):
     def fire_due(self, now: dt.datetime | None = None, limit: int = 500) -> int:
         """Fire every enabled schedule whose next instant has come; returns runs created.
@@ -266,20 +274,22 @@ class ScheduleQuerySet(models.QuerySet):
             for schedule in due:
                 schedule.task = tasks.get(schedule.task_id)
                 try:
+                    fires = []
                     if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
                         fires = self._fires_of(schedule, now, grace, cap, MisfirePolicy)
-                        if schedule.workflow_id:
-                            workflows_due += [(schedule, instant) for instant, _reason in fires]
-                        else:
-                            requests += [
-                                self._request(schedule, instant, reason) for instant, reason in fires
-                            ]
+                    if schedule.workflow_id:
+                        mine = [(schedule, instant) for instant, _reason in fires]
+                    else:
+                        mine = [self._request(schedule, instant, reason) for instant, reason in fires]
                     schedule.next_fire_at = schedule.next_after(now)
-                except timing.InvalidSchedule as exc:
-                    # Written past validation (plain SQL, a bulk update): it stops, the others go on.
-                    logger.error("schedule %s stops firing: %s", schedule.pk, exc)
-                    schedule.next_fire_at = None
-            self.bulk_update(due, ["next_fire_at", "last_fired_at", "missed_fires"])
+                except Exception as exc:
+                    # A row written past validation (plain SQL, a bulk update): it is set
+                    # aside with the reason, every other schedule goes on.
+                    _set_aside(schedule, exc)
+                    continue
+                schedule.invalid_reason = ""
+                (workflows_due if schedule.workflow_id else requests).extend(mine)
+            self.bulk_update(due, ["next_fire_at", "last_fired_at", "missed_fires", "invalid_reason"])
             fired = {(r.schedule.pk, r.scheduled_for) for r in requests}
             if fired:
                 Run = apps.get_model("tasks_app", "Run")
@@ -299,9 +309,22 @@ class ScheduleQuerySet(models.QuerySet):
                 )
                 workflows_due = [(s, at) for s, at in workflows_due if (s.pk, at) not in started]
             for schedule, instant in workflows_due:
-                workflows.start(
-                    schedule.workflow, by="scheduler", schedule=schedule, scheduled_for=instant, now=now
-                )
+                try:
+                    with transaction.atomic():
+                        workflows.start(
+                            schedule.workflow,
+                            by="scheduler",
+                            schedule=schedule,
+                            scheduled_for=instant,
+                            now=now,
+                        )
+                except DatabaseError:
+                    raise  # the database's trouble, not the row's: the whole tick tries again
+                except Exception as exc:  # the workflow cannot start (its tasks are gone, ...)
+                    _set_aside(schedule, exc)
+                    self.filter(pk=schedule.pk).update(
+                        next_fire_at=None, invalid_reason=schedule.invalid_reason
+                    )
         return len(requests) + len(workflows_due)
 
     @staticmethod

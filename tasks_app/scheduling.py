@@ -28,7 +28,7 @@ from django_celery_beat.models import (
 )
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from tasks_app import concurrency, recovery
+from tasks_app import concurrency, recovery, timing
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,10 @@ def mirror(schedule: Any) -> None:
     """Create or update the PeriodicTask that shows `schedule` to django-celery-beat."""
     kinds: dict[str, Any] = {"crontab": None, "interval": None, "clocked": None}
     if schedule.cron:
-        fields = schedule.timer().fields[-5:]  # django-celery-beat has no seconds field
+        try:
+            fields = timing.normalise_cron(schedule.cron).split(" ")[-5:]  # no seconds field there
+        except timing.InvalidSchedule:  # written past validation: shown as it is
+            fields = [*schedule.cron.split()[-5:], "*", "*", "*", "*", "*"][:5]
         kinds["crontab"], _ = CrontabSchedule.objects.get_or_create(
             minute=fields[0],
             hour=fields[1],

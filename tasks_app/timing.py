@@ -15,11 +15,12 @@ All instants are aware datetimes in UTC.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zoneinfo
 from collections.abc import Iterator
 
 from cron_descriptor import Options, get_description
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -33,6 +34,9 @@ MACROS = {
 UTC = dt.UTC
 # Far enough to cover any daylight-saving shift (they are at most two hours).
 _DST_MARGIN = dt.timedelta(hours=3)
+# croniter's random (R) and hashed (H) values: a random one draws new fire times on every
+# read, so the next runs shown would not be the ones that fire.
+_DRAWN = re.compile(r"^[rh](\(|/|$)", re.IGNORECASE)
 
 
 class InvalidSchedule(ValueError):
@@ -58,8 +62,21 @@ def normalise_cron(expression: str) -> str:
             f"a cron expression has 5 fields (minute hour day month weekday), 6 with a leading "
             f"seconds field, or is one of {', '.join(sorted(MACROS))}; got {len(fields)} field(s)"
         )
+    if any(_DRAWN.match(part) for field in fields for part in field.split(",")):
+        raise InvalidSchedule(
+            f"random (R) and hashed (H) values are not supported in {expression!r}: "
+            "a schedule's next fire times must be the same on every read"
+        )
     if not croniter.is_valid(text, second_at_beginning=len(fields) == 6):
         raise InvalidSchedule(f"invalid cron expression {expression!r}")
+    return text
+
+
+def validate_cron(expression: str, timezone: str = "UTC", now: dt.datetime | None = None) -> str:
+    """normalise_cron(), and refuse what cannot be described or never fires."""
+    text = normalise_cron(expression)
+    describe(text)
+    Cron(text, timezone).next_after(now or dt.datetime.now(UTC))
     return text
 
 
@@ -67,7 +84,11 @@ def describe(expression: str) -> str:
     """The expression in words, e.g. "At 02:30 AM, Monday through Friday"."""
     options = Options()
     options.use_24hour_time_format = True
-    return get_description(normalise_cron(expression), options)
+    text = normalise_cron(expression)
+    try:
+        return get_description(text, options)
+    except Exception as exc:  # cron_descriptor's FormatException and its own slips alike
+        raise InvalidSchedule(f"invalid cron expression {expression!r}: {exc or 'cannot be read'}") from None
 
 
 class Cron:
@@ -83,15 +104,18 @@ class Cron:
         """The first fire strictly after `instant`."""
         # Start from the earliest wall time `instant` can have: around a repeated hour
         # a wall time before its own can still fire after it (the second time round).
-        offsets = {
-            (instant + shift).astimezone(self.tz).utcoffset()
-            for shift in (-_DST_MARGIN, dt.timedelta(0), _DST_MARGIN)
-        }
-        wall = (instant + min(offsets)).replace(tzinfo=None)
+        try:
+            offsets = {
+                (instant + shift).astimezone(self.tz).utcoffset()
+                for shift in (-_DST_MARGIN, dt.timedelta(0), _DST_MARGIN)
+            }
+            wall = (instant + min(offsets)).replace(tzinfo=None)
+        except OverflowError:
+            raise InvalidSchedule(f"{self.expression!r} fires no more before the year 9999") from None
         for candidate in self._instants_from(wall):
             if candidate > instant:
                 return candidate
-        raise InvalidSchedule(f"{self.expression!r} never fires")  # pragma: no cover
+        raise AssertionError("unreachable: _instants_from() never ends")
 
     def between(self, after: dt.datetime, until: dt.datetime, limit: int) -> list[dt.datetime]:
         """Fires in (after, until], at most `limit` of them, oldest first."""
@@ -115,7 +139,12 @@ class Cron:
         pending: set[dt.datetime] = set()
         released: dt.datetime | None = None
         while True:
-            instants = self._instants_of(walls.get_next(dt.datetime))
+            try:
+                instants = self._instants_of(walls.get_next(dt.datetime))
+            except CroniterError:  # no match within croniter's 50 years: a day no month has
+                raise InvalidSchedule(f"{self.expression!r} never fires") from None
+            except OverflowError:
+                raise InvalidSchedule(f"{self.expression!r} fires no more before the year 9999") from None
             pending.update(i for i in instants if released is None or i > released)
             floor = min(instants)
             while pending and min(pending) <= floor:
@@ -154,16 +183,20 @@ class Interval:
         self.step = dt.timedelta(seconds=seconds)
         self.anchor = anchor.astimezone(UTC)
 
-    def next_after(self, instant: dt.datetime) -> dt.datetime:
+    def next_after(self, instant: dt.datetime) -> dt.datetime | None:
+        """The first fire strictly after `instant`; None past the year 9999."""
         if instant < self.anchor:
             return self.anchor
-        return self.anchor + ((instant - self.anchor) // self.step + 1) * self.step
+        try:
+            return self.anchor + ((instant - self.anchor) // self.step + 1) * self.step
+        except OverflowError:
+            return None
 
     def between(self, after: dt.datetime, until: dt.datetime, limit: int) -> list[dt.datetime]:
         fires, current = [], self.next_after(after)
-        while current <= until and len(fires) < limit:
+        while current is not None and current <= until and len(fires) < limit:
             fires.append(current)
-            current += self.step
+            current = self.next_after(current)
         return fires
 
 

@@ -160,3 +160,16 @@ def test_firing_a_workflow_schedule_from_the_admin_starts_a_workflow_run(admin_c
     admin_client.post("/admin/tasks_app/schedule/", {"action": "trigger", "_selected_action": [schedule.pk]})
 
     assert WorkflowRun.objects.filter(workflow=workflow).count() == 1
+
+
+def test_a_schedule_set_aside_by_the_scheduler_shows_why_and_its_pages_render(admin_client, task) -> None:
+    from tasks_app.models import Schedule
+
+    schedule = Schedule.objects.create(task=task, interval_seconds=60)
+    Schedule.objects.filter(pk=schedule.pk).update(interval_seconds=None, cron="0 0 30 2 *", timezone="X/Y")
+    Schedule.objects.fire_due()
+
+    for url in ["/admin/tasks_app/schedule/", f"/admin/tasks_app/schedule/{schedule.pk}/change/"]:
+        response = admin_client.get(url)
+        assert response.status_code == 200, url
+        assert "unknown time zone" in response.content.decode(), url

@@ -214,3 +214,94 @@ def test_a_schedule_made_invalid_past_validation_stops_alone(make_schedule, brok
     assert shown.status_code == 200
     assert shown.data["description"].startswith("invalid")
     assert shown.data["next_runs"] == []
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("cron", "0 0 30 2 *", "never fires"),
+        ("cron", "0 0 31 4,6,9,11 *", "never fires"),
+        ("cron", "R R * * *", "random"),
+        ("timezone", "Mars/Olympus", "unknown time zone"),
+        ("kwargs", [1, 2], "kwargs"),
+    ],
+)
+def test_a_row_made_invalid_in_the_database_is_set_aside_and_every_other_schedule_fires(
+    make_schedule, broker, api, column, value, reason
+) -> None:
+    canary = make_schedule(interval_seconds=1)
+    broken = make_schedule(cron="* * * * * *")
+    Schedule.objects.filter(pk=broken.pk).update(**{column: value})  # past every validation
+
+    for second in range(1, 6):  # five ticks, a second apart
+        fire(at(second + 0.1))
+
+    assert fired_for(canary) == [at(s) for s in range(1, 6)]
+    broken.refresh_from_db()
+    assert broken.next_fire_at is None
+    assert reason in broken.invalid_reason
+    listed = api.get("/api/v1/schedules/")
+    assert listed.status_code == 200
+    shown = {s["id"]: s for s in listed.data["results"]}[broken.pk]
+    assert reason in shown["invalid_reason"]
+    assert shown["next_runs"] == []
+    assert {s["id"]: s for s in listed.data["results"]}[canary.pk]["invalid_reason"] == ""
+
+
+def test_a_row_the_scheduler_can_fire_but_not_describe_still_reads(make_schedule, api) -> None:
+    schedule = make_schedule(cron="* * * * *")
+    Schedule.objects.filter(pk=schedule.pk).update(cron="* * * * mon-sun/99999")  # refused by the API now
+
+    shown = api.get(f"/api/v1/schedules/{schedule.pk}/")
+
+    assert shown.status_code == 200
+    assert shown.data["description"].startswith("invalid")
+
+
+def test_an_edit_of_the_kwargs_mends_a_schedule_set_aside_for_them(make_schedule, broker) -> None:
+    schedule = make_schedule(interval_seconds=1)
+    Schedule.objects.filter(pk=schedule.pk).update(kwargs=[1])
+    fire(at(1.1))
+    assert Schedule.objects.get(pk=schedule.pk).invalid_reason == "kwargs must be an object"
+
+    Schedule.objects.filter(pk=schedule.pk).update(kwargs={"x": 1})  # the trigger: look again
+    fire(at(1.2))  # recomputes
+    fire(at(2.1))
+
+    assert Schedule.objects.get(pk=schedule.pk).invalid_reason == ""
+    assert fired_for(schedule) == [at(2)]
+
+
+def test_an_edit_that_mends_a_set_aside_schedule_makes_it_fire_again(make_schedule, broker) -> None:
+    schedule = make_schedule(interval_seconds=60)
+    Schedule.objects.filter(pk=schedule.pk).update(interval_seconds=None, cron="0 0 30 2 *")
+    fire(at(1))
+    assert Schedule.objects.get(pk=schedule.pk).invalid_reason
+
+    Schedule.objects.filter(pk=schedule.pk).update(cron="* * * * * *")
+    fire(at(2))  # recomputes
+    fire(at(3.1))
+
+    schedule.refresh_from_db()
+    assert schedule.invalid_reason == ""
+    assert fired_for(schedule) == [at(3)]
+
+
+def test_a_workflow_schedule_that_cannot_start_is_set_aside_alone(make_schedule, make_task, broker) -> None:
+    from tasks_app.models import Workflow
+
+    step_task = make_task(name="gone-later")
+    step = {"key": "a", "task": "gone-later", "kwargs": {}, "depends_on": [], "trigger_rule": "all_success"}
+    workflow = Workflow.objects.create(name="w", steps=[step])
+    canary = make_schedule(interval_seconds=1)
+    broken = make_schedule(task=None, workflow=workflow, interval_seconds=1)
+    Run.objects.filter(task=step_task).delete()
+    type(step_task).objects.filter(pk=step_task.pk).delete()
+
+    fire(at(1.1))
+    fire(at(2.1))
+
+    assert fired_for(canary) == [at(1), at(2)]
+    broken.refresh_from_db()
+    assert "no longer exist" in broken.invalid_reason
+    assert broken.next_fire_at is None

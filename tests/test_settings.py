@@ -86,6 +86,7 @@ def test_embedded_sqlite_default_keeps_its_triggers_after_every_migration(tmp_pa
         "tasks_app_run_moved",
         "tasks_app_schedule_inserted",
         "tasks_app_schedule_retimed",
+        "tasks_app_schedule_mended",
     }
     script = (
         "from tasks_app.models import Run, Schedule, Task; from tasks_app.querysets import RunRequest;"

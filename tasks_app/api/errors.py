@@ -18,6 +18,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from tasks_app.lifecycle import InvalidTransition
 from tasks_app.models.workflows import InvalidWorkflow
 from tasks_app.querysets import IdempotencyConflict
+from tasks_app.timing import InvalidSchedule
 from tasks_app.workflows import WorkflowConflict
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": str(exc), "state": exc.state}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, InvalidWorkflow):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, InvalidSchedule):  # a stored row's timing or inputs (validation gives 400s)
+        return Response({"detail": f"The schedule cannot fire: {exc}"}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, IdempotencyConflict):
         return Response({"detail": str(exc), "run": exc.run.pk}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, RequestDataTooBig):

@@ -17,6 +17,21 @@ from tasks_app.querysets import RunRequest
 BULK_MAX = 1000
 
 
+class StoredList(serializers.ListField):
+    """A JSON list in a request; in a response, the stored value as it is, so that a row
+    written past validation (plain SQL) still reads."""
+
+    def to_representation(self, data: Any) -> Any:
+        return data
+
+
+class StoredDict(serializers.DictField):
+    """A JSON object in a request; in a response, the stored value as it is."""
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class HandlerSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
@@ -24,8 +39,8 @@ class HandlerSerializer(serializers.Serializer):
 
 
 class TaskSerializer(serializers.ModelSerializer):
-    args = serializers.ListField(required=False, default=list)
-    kwargs = serializers.DictField(required=False, default=dict)
+    args = StoredList(required=False, default=list)
+    kwargs = StoredDict(required=False, default=dict)
 
     class Meta:
         model = Task
@@ -164,8 +179,8 @@ class ScheduleSerializer(serializers.ModelSerializer):
         error_messages={"does_not_exist": "No workflow named {value!r}."},
     )
     cron = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=200)
-    args = serializers.ListField(required=False, allow_null=True)
-    kwargs = serializers.DictField(required=False)
+    args = StoredList(required=False, allow_null=True)
+    kwargs = StoredDict(required=False)
     description = serializers.SerializerMethodField()
     next_runs = serializers.SerializerMethodField()
 
@@ -179,10 +194,11 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "next_runs",
             "last_fired_at",
             "missed_fires",
+            "invalid_reason",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["last_fired_at", "missed_fires", "created_at", "updated_at"]
+        read_only_fields = ["last_fired_at", "missed_fires", "invalid_reason", "created_at", "updated_at"]
 
     def validate_cron(self, value: str | None) -> str:
         return " ".join((value or "").split())
@@ -210,18 +226,18 @@ class ScheduleSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_description(self, schedule: Schedule) -> str:
-        try:
-            return schedule.description()
-        except timing.InvalidSchedule as exc:  # written past validation
-            return f"invalid: {exc}"
+        return schedule.description()
 
     @extend_schema_field({"type": "array", "items": {"type": "string", "format": "date-time"}})
     def get_next_runs(self, schedule: Schedule) -> list[str]:
-        if not schedule.enabled:
+        """The next five fires in the schedule's zone, also while it is paused; none once it
+        was set aside (invalid_reason says why)."""
+        if schedule.invalid_reason:
             return []
         try:
-            return [fire.isoformat() for fire in schedule.upcoming(5)]
-        except timing.InvalidSchedule:
+            tz = timing.zone(schedule.timezone)
+            return [fire.astimezone(tz).isoformat() for fire in schedule.upcoming(5)]
+        except timing.InvalidSchedule:  # written past validation
             return []
 
 
@@ -230,12 +246,10 @@ class SchedulePreviewSerializer(serializers.Serializer):
     timezone = serializers.CharField(default="UTC", max_length=64)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        try:
-            cron = timing.Cron(attrs["cron"], attrs["timezone"])
-        except timing.InvalidSchedule as exc:
-            field = "timezone" if "time zone" in str(exc) else "cron"
-            raise serializers.ValidationError({field: str(exc)}) from None
-        attrs["timer"] = cron
+        problems = timing_problems(attrs)
+        if problems:
+            raise serializers.ValidationError(problems)
+        attrs["timer"] = timing.Cron(attrs["cron"], attrs["timezone"])
         return attrs
 
 

@@ -25,15 +25,16 @@ def timing_problems(values: dict[str, Any]) -> dict[str, str]:
         problems.update(
             dict.fromkeys(given or ["cron"], "Give exactly one of cron, interval_seconds and run_at.")
         )
+    zone = values.get("timezone") or "UTC"
+    try:
+        timing.zone(zone)
+    except timing.InvalidSchedule as exc:
+        problems["timezone"], zone = str(exc), "UTC"
     if values.get("cron"):
         try:
-            timing.normalise_cron(values["cron"])
+            timing.validate_cron(values["cron"], zone)
         except timing.InvalidSchedule as exc:
             problems["cron"] = str(exc)
-    try:
-        timing.zone(values.get("timezone") or "UTC")
-    except timing.InvalidSchedule as exc:
-        problems["timezone"] = str(exc)
     interval = values.get("interval_seconds")
     if interval is not None and interval < 1:
         problems["interval_seconds"] = "Must be at least 1 second."
@@ -85,6 +86,9 @@ class Schedule(models.Model):
     last_fired_at = models.DateTimeField(null=True, blank=True)
     # Instants missed while no scheduler ran (whatever the misfire policy then did).
     missed_fires = models.PositiveIntegerField(default=0)
+    # Why the scheduler set this schedule aside (its next fire could not be computed, or
+    # it could not fire): it fires no more until an edit mends it. Empty when it fires.
+    invalid_reason = models.CharField(max_length=500, blank=True)
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask",
         on_delete=models.SET_NULL,
@@ -162,6 +166,7 @@ class Schedule(models.Model):
         return fire
 
     def upcoming(self, count: int = 5, after: dt.datetime | None = None) -> list[dt.datetime]:
+        """The next `count` fires; raises timing.InvalidSchedule."""
         fires: list[dt.datetime] = []
         current = after or clock.now()
         while len(fires) < count:
@@ -173,11 +178,21 @@ class Schedule(models.Model):
         return fires
 
     def description(self) -> str:
-        if self.cron:
-            return timing.describe(self.cron)
+        """The timing in words; for a row written past validation, what is wrong with it."""
+        try:
+            if self.cron:
+                return timing.describe(self.cron)
+        except timing.InvalidSchedule as exc:
+            return f"invalid: {exc}"
         if self.interval_seconds:
             return f"Every {self.interval_seconds} seconds"
         return f"Once, at {self.run_at.isoformat() if self.run_at else '?'}"
 
     def fire_kwargs(self) -> dict[str, Any]:
+        """What each fire passes to its run; raises timing.InvalidSchedule for a row
+        whose args or kwargs were written past validation."""
+        if self.args is not None and not isinstance(self.args, list):
+            raise timing.InvalidSchedule("args must be a list")
+        if not isinstance(self.kwargs or {}, dict):
+            raise timing.InvalidSchedule("kwargs must be an object")
         return {"args": self.args, "kwargs": dict(self.kwargs or {})}
