@@ -216,8 +216,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"RunStateEnum": "tasks_app.lifecycle.RunState"},
-    # The schema and its UI are for signed-in users (session or token), like the API.
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tasks_app.api.schema.document_errors",  # the 4xx and 503 answers of every operation
+    ],
+    # The schema and its UI are for users who may read something of the API (session or token).
+    "SERVE_PERMISSIONS": ["tasks_app.api.permissions.CanReadSomething"],
 }
 
 # --- Celery -------------------------------------------------------------------------

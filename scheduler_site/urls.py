@@ -15,3 +15,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics, name="metrics"),
 ]
+
+# JSON for the API's own 404s and 500s (Django's are HTML pages).
+handler404 = "tasks_app.api.errors.not_found"
+handler500 = "tasks_app.api.errors.server_error"

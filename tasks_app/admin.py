@@ -23,6 +23,17 @@ from tasks_app.models.workflows import InvalidWorkflow, validate_steps
 from tasks_app.querysets import RunRequest
 
 
+class MakesRuns:
+    """For admins whose actions make runs: those need the `add_run` permission, as in the API.
+
+    An action's `permissions` are alternatives (the admin offers it with any one of them),
+    so an action that needs several has one `has_<name>_permission` that asks for all.
+    """
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("tasks_app.add_run")
+
+
 class TaskForm(forms.ModelForm):
     # Only registered handlers can be picked: a handler is code, never text from a form.
     handler = forms.ChoiceField(choices=())
@@ -37,14 +48,23 @@ class TaskForm(forms.ModelForm):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(MakesRuns, admin.ModelAdmin):
     form = TaskForm
     list_display = ["name", "handler", "queue", "priority", "max_retries", "enabled", "updated_at"]
     list_filter = ["enabled", "handler", "queue", "concurrency_policy"]
     search_fields = ["name", "description"]
     actions = ["run_now"]
 
-    @admin.action(description="Run now", permissions=["change"])
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        # Schedules protect their task (on_delete=PROTECT); workflows name it in their steps.
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        protected = [
+            *protected,
+            *(used for task in objs for used in task.used_by() if used.startswith("workflow")),
+        ]
+        return deleted, counts, perms_needed, protected
+
+    @admin.action(description="Run now", permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         tasks = [task for task in queryset if task.enabled]
         if not tasks:
@@ -190,7 +210,7 @@ class ScheduleForm(forms.ModelForm):
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(admin.ModelAdmin):
+class ScheduleAdmin(MakesRuns, admin.ModelAdmin):
     form = ScheduleForm
     list_display = ["id", "task", "kind_text", "enabled", "misfire_policy", "next_fire_at", "last_fired_at",
                     "invalid_reason"]  # fmt: skip
@@ -198,6 +218,13 @@ class ScheduleAdmin(admin.ModelAdmin):
     list_select_related = ["task"]
     readonly_fields = ["invalid_reason", "next_fire_at", "last_fired_at", "periodic_task"]
     actions = ["pause", "resume", "trigger"]
+
+    # A schedule makes runs: adding or changing one needs add_run as well.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_add_permission(request) and self.has_run_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and self.has_run_permission(request)
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -208,11 +235,20 @@ class ScheduleAdmin(admin.ModelAdmin):
             obj.periodic_task.delete()
         super().delete_model(request, obj)
 
-    @admin.action(description="Pause selected schedules", permissions=["change"])
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return super().has_change_permission(request)  # stopping fires makes no run
+
+    @admin.action(description="Pause selected schedules", permissions=["pause"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         self._set_enabled(request, queryset, False)
 
-    @admin.action(description="Resume selected schedules", permissions=["change"])
+    def has_resume_permission(self, request: HttpRequest) -> bool:
+        return self.has_change_permission(request)  # change_schedule and add_run
+
+    def has_fire_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request) and self.has_run_permission(request)
+
+    @admin.action(description="Resume selected schedules", permissions=["resume"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         self._set_enabled(request, queryset, True)
 
@@ -220,7 +256,7 @@ class ScheduleAdmin(admin.ModelAdmin):
         changed = sum(scheduling.set_enabled(schedule, enabled) for schedule in queryset)
         self.message_user(request, f"{'Resumed' if enabled else 'Paused'} {changed} schedule(s).")
 
-    @admin.action(description="Fire selected schedules now", permissions=["change"])
+    @admin.action(description="Fire selected schedules now", permissions=["fire"])
     def trigger(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         fired = [
             scheduling.fire_now(schedule, by=request.user.get_username())
@@ -243,13 +279,20 @@ class WorkflowForm(forms.ModelForm):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(MakesRuns, admin.ModelAdmin):
     form = WorkflowForm
     list_display = ["name", "description", "updated_at"]
     search_fields = ["name", "description"]
     actions = ["start"]
 
-    @admin.action(description="Start a run of the selected workflows", permissions=["change"])
+    def has_start_permission(self, request: HttpRequest) -> bool:
+        return (
+            self.has_view_permission(request)
+            and self.has_run_permission(request)
+            and request.user.has_perm("tasks_app.add_workflowrun")
+        )
+
+    @admin.action(description="Start a run of the selected workflows", permissions=["start"])
     def start(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         started = [workflows.start(w, by=request.user.get_username()).pk for w in queryset]
         self.message_user(request, f"Started workflow run(s) {', '.join(map(str, started))}.")
@@ -315,7 +358,7 @@ def dag_svg(workflow_run: WorkflowRun) -> str:
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(admin.ModelAdmin):
+class WorkflowRunAdmin(MakesRuns, admin.ModelAdmin):
     list_display = ["id", "workflow", "state", "created_at", "finished_at", "created_by"]
     list_filter = ["state", "workflow", "created_at"]
     list_select_related = ["workflow"]
@@ -338,7 +381,10 @@ class WorkflowRunAdmin(admin.ModelAdmin):
     def cancel(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
         self._control(request, queryset, workflows.cancel)
 
-    @admin.action(description="Retry selected workflow runs", permissions=["change"])
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return self.has_change_permission(request) and self.has_run_permission(request)
+
+    @admin.action(description="Retry selected workflow runs", permissions=["retry"])
     def retry(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
         self._control(request, queryset, workflows.retry)
 

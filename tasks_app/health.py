@@ -12,9 +12,10 @@ from drf_spectacular.utils import extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from rest_framework.decorators import api_view, permission_classes, renderer_classes
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
+
+from tasks_app.api.permissions import requires
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -74,7 +75,7 @@ class PrometheusRenderer(BaseRenderer):
 
 @extend_schema(exclude=True)
 @api_view(["GET"])
-@permission_classes([IsAuthenticated])
+@permission_classes([requires("view_run")])
 @renderer_classes([PrometheusRenderer])
 def metrics(request: Request) -> HttpResponse:
     registry = CollectorRegistry()

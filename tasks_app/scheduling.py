@@ -113,7 +113,7 @@ def mirror(schedule: Any) -> None:
             day_of_month=fields[2],
             month_of_year=fields[3],
             day_of_week=fields[4],
-            timezone=schedule.timezone,
+            timezone=schedule.timezone if _known_zone(schedule.timezone) else "UTC",
         )
     elif schedule.interval_seconds:
         kinds["interval"], _ = IntervalSchedule.objects.get_or_create(
@@ -141,6 +141,14 @@ def mirror(schedule: Any) -> None:
             task = PeriodicTask.objects.create(name=f"platform schedule {schedule.pk}", **values)
             type(schedule).objects.filter(pk=schedule.pk).update(periodic_task=task)
             schedule.periodic_task = task
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        timing.zone(name)
+    except timing.InvalidSchedule:
+        return False
+    return True
 
 
 def set_enabled(schedule: Any, enabled: bool) -> bool:

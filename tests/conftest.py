@@ -112,28 +112,46 @@ def _client(user: User | None) -> APIClient:
     return client
 
 
+MODELS = ("task", "run", "schedule", "workflow", "workflowrun")
+VIEW_PERMISSIONS = (*(f"view_{model}" for model in MODELS), "view_worker")
+
+
 @pytest.fixture
 def owner(db: Any) -> User:
     return _user(
         "owner",
-        *(
-            f"{verb}_{model}"
-            for model in ("task", "run", "schedule", "workflow", "workflowrun")
-            for verb in ("add", "change", "delete")
-        ),
+        *VIEW_PERMISSIONS,
+        *(f"{verb}_{model}" for model in MODELS for verb in ("add", "change", "delete")),
     )
 
 
 @pytest.fixture
 def api(owner: User) -> APIClient:
-    """Signed in with every permission on tasks and runs."""
+    """Signed in with every permission on tasks, runs, schedules and workflows."""
     return _client(owner)
 
 
 @pytest.fixture
 def reader(db: Any) -> APIClient:
+    """Another user: signed in, allowed to read everything and to change nothing."""
+    return _client(_user("reader", *VIEW_PERMISSIONS))
+
+
+@pytest.fixture
+def stranger(db: Any) -> APIClient:
     """Another user: signed in, without any model permission."""
-    return _client(_user("reader"))
+    return _client(_user("stranger"))
+
+
+@pytest.fixture
+def client_with(db: Any) -> Callable[..., APIClient]:
+    """A signed-in user with just the permissions named."""
+    counter = iter(range(1, 1000))
+
+    def make(*perms: str) -> APIClient:
+        return _client(_user(f"user-{next(counter)}", *perms))
+
+    return make
 
 
 @pytest.fixture

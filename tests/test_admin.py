@@ -173,3 +173,57 @@ def test_a_schedule_set_aside_by_the_scheduler_shows_why_and_its_pages_render(ad
         response = admin_client.get(url)
         assert response.status_code == 200, url
         assert "unknown time zone" in response.content.decode(), url
+
+
+@pytest.fixture
+def staff_with(client, db):
+    """A staff user signed in to the admin with just the permissions named."""
+    from django.contrib.auth.models import Permission
+
+    def make(*codenames: str):
+        user = User.objects.create_user("staff", password="pw", is_staff=True)
+        user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+        client.force_login(user)
+        return client
+
+    return make
+
+
+ALL_BUT_ADD_RUN = [
+    f"{verb}_{model}"
+    for model in ("task", "run", "schedule", "workflow", "workflowrun")
+    for verb in ("view", "add", "change", "delete")
+    if (verb, model) != ("add", "run")
+]
+
+
+def test_admin_actions_that_make_runs_need_add_run(staff_with, task, broker) -> None:
+    from tasks_app.models import Schedule, Workflow, WorkflowRun
+
+    schedule = Schedule.objects.create(task=task, interval_seconds=60, enabled=False)
+    step = {"key": "a", "task": "noop", "kwargs": {}, "depends_on": [], "trigger_rule": "all_success"}
+    workflow = Workflow.objects.create(name="flow", steps=[step])
+    client = staff_with(*ALL_BUT_ADD_RUN)
+
+    client.post("/admin/tasks_app/task/", {"action": "run_now", "_selected_action": [task.pk]})
+    client.post("/admin/tasks_app/schedule/", {"action": "trigger", "_selected_action": [schedule.pk]})
+    client.post("/admin/tasks_app/schedule/", {"action": "resume", "_selected_action": [schedule.pk]})
+    client.post("/admin/tasks_app/workflow/", {"action": "start", "_selected_action": [workflow.pk]})
+    edit = client.post(
+        f"/admin/tasks_app/schedule/{schedule.pk}/change/",
+        {"task": task.pk, "cron": "* * * * * *", "timezone": "UTC", "kwargs": "{}", "misfire_policy": "skip",
+         "enabled": "on"},
+    )  # fmt: skip
+
+    assert edit.status_code == 403
+    assert not Run.objects.exists() and not WorkflowRun.objects.exists()
+    schedule.refresh_from_db()
+    assert (schedule.enabled, schedule.cron, schedule.interval_seconds) == (False, "", 60)
+    page = client.get("/admin/tasks_app/task/").content.decode()
+    assert "run_now" not in page  # not offered
+
+
+def test_admin_run_now_with_add_run_makes_a_run(staff_with, task, broker) -> None:
+    client = staff_with("view_task", "add_run")
+    client.post("/admin/tasks_app/task/", {"action": "run_now", "_selected_action": [task.pk]})
+    assert Run.objects.filter(task=task, trigger="manual").count() == 1

@@ -119,3 +119,11 @@ def test_openapi_schema_is_valid_and_complete(tmp_path) -> None:
 
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))
     assert "/api/v1/schedules/preview/" in (tmp_path / "schema.yml").read_text()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/runs/1.2/retry/", "/api/v1/nope", "/api/v1/runs/x/y/z/"])
+def test_a_url_no_route_matches_is_a_json_404_under_the_api(reader, path) -> None:
+    response = reader.post(path) if path.endswith("/retry/") else reader.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}

@@ -10,6 +10,10 @@ import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
+from django.db.models import ProtectedError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
+from django.views.defaults import server_error as default_server_error
 from rest_framework import status
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
@@ -41,6 +45,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": f"The schedule cannot fire: {exc}"}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, IdempotencyConflict):
         return Response({"detail": str(exc), "run": exc.run.pk}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, ProtectedError):  # a schedule still fires the task or workflow
+        used_by = ", ".join(str(obj) for obj in list(exc.protected_objects)[:20])
+        return Response(
+            {"detail": f"Still used by {used_by}; change or delete them first."},
+            status=status.HTTP_409_CONFLICT,
+        )
     if isinstance(exc, RequestDataTooBig):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         return Response(
@@ -64,3 +74,17 @@ def _unavailable(what: str) -> Response:
         status=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": "5"},
     )
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 for a URL no route matches: JSON under /api/, as every other API answer."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+    return page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's 500, JSON under /api/; never a traceback (DEBUG is off where it matters)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Internal error."}, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return default_server_error(request)

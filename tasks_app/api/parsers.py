@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import codecs
+import math
 from typing import Any
 
 from django.conf import settings
@@ -33,6 +34,32 @@ def depth_of(value: Any) -> int:
     return depth
 
 
+def unstorable_text(value: Any) -> str | None:
+    """The first string (key or value) in `value` that is not valid UTF-8 text, if any: a
+    lone surrogate ("\\ud800") parses, but no database column can hold it."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+    return None
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e309: JSON has no infinity, and MariaDB's JSON columns refuse it
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
 class BoundedJSONParser(JSONParser):
     """JSON of at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes and MAX_JSON_DEPTH levels.
 
@@ -53,11 +80,17 @@ class BoundedJSONParser(JSONParser):
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             text = codecs.decode(raw, encoding)
-            data = json.loads(text, parse_constant=json.strict_constant if self.strict else None)
+            data = json.loads(
+                text, parse_constant=json.strict_constant if self.strict else None, parse_float=finite_float
+            )
         except RecursionError:
             raise ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.") from None
         except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
         if depth_of(data) > MAX_JSON_DEPTH:
             raise ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+        if unstorable_text(data) is not None:
+            raise ParseError(
+                "JSON parse error - a string holds a lone surrogate (\\ud800-\\udfff), not text."
+            )
         return data

@@ -2,27 +2,62 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework.permissions import SAFE_METHODS, DjangoModelPermissions
+from rest_framework.permissions import BasePermission, DjangoModelPermissions
+
+APP = "tasks_app"
+
+
+def perm(codename: str) -> str:
+    return f"{APP}.{codename}"
 
 
 class ModelPermissions(DjangoModelPermissions):
-    """Reads need a signed-in user; writes need Django's model permission.
+    """Django's model permissions, reads included: GET needs the model's `view` permission.
 
-    A viewset's `change_actions` (run controls such as cancel) need the change
-    permission although they are POSTs.
+    A viewset names what its actions need in `action_permissions` (action -> codenames);
+    an action not named there needs what its HTTP method does. Whatever makes runs (a
+    submission, a schedule's fire or edit, a workflow's start) needs `add_run` as well.
     """
+
+    perms_map = {
+        **DjangoModelPermissions.perms_map,
+        "GET": ["%(app_label)s.view_%(model_name)s"],
+        "OPTIONS": ["%(app_label)s.view_%(model_name)s"],
+        "HEAD": ["%(app_label)s.view_%(model_name)s"],
+    }
 
     def has_permission(self, request: Any, view: Any) -> bool:
         if not request.user or not request.user.is_authenticated:
             return False
-        if request.method in SAFE_METHODS:
-            return True
+        named = getattr(view, "action_permissions", {}).get(getattr(view, "action", None))
+        if named is not None:
+            return request.user.has_perms([perm(codename) for codename in named])
         queryset = getattr(view, "queryset", None)
         if queryset is None:
             return False
-        model = queryset.model
-        if getattr(view, "action", None) in getattr(view, "change_actions", ()):
-            perms = [f"{model._meta.app_label}.change_{model._meta.model_name}"]
-        else:
-            perms = self.get_required_permissions(request.method, model)
-        return request.user.has_perms(perms)
+        return request.user.has_perms(self.get_required_permissions(request.method, queryset.model))
+
+
+class CanReadSomething(BasePermission):
+    """A signed-in user with a view permission on at least one of the platform's models:
+    the API's schema and its documentation are no more public than the API."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        return bool(
+            user
+            and user.is_authenticated
+            and any(p.startswith(f"{APP}.view_") for p in user.get_all_permissions())
+        )
+
+
+def requires(*codenames: str) -> type[BasePermission]:
+    """A permission class for a plain view: a signed-in user with every one of `codenames`."""
+
+    class Requires(BasePermission):
+        def has_permission(self, request: Any, view: Any) -> bool:
+            user = request.user
+            return bool(user and user.is_authenticated and user.has_perms([perm(c) for c in codenames]))
+
+    Requires.__name__ = Requires.__qualname__ = f"Requires({', '.join(codenames)})"
+    return Requires

@@ -107,7 +107,7 @@ class RunSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(OpenApiTypes.FLOAT)
+    @extend_schema_field({"type": "number", "nullable": True})
     def get_lateness(self, run: Run) -> float | None:
         """Seconds between the instant a schedule meant and the run's creation."""
         return run.lateness.total_seconds() if run.lateness is not None else None
@@ -291,8 +291,8 @@ class WorkflowRunSerializer(serializers.ModelSerializer):
                 "type": "object",
                 "properties": {
                     "key": {"type": "string"},
-                    "state": {"type": "string"},
-                    "run": {"type": "integer"},
+                    "state": {"type": "string", "nullable": True},
+                    "run": {"type": "integer", "nullable": True},
                     "task": {"type": "string"},
                     "depends_on": {"type": "array", "items": {"type": "string"}},
                     "trigger_rule": {"type": "string"},

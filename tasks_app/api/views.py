@@ -7,11 +7,15 @@ from django.db.models import Count, IntegerField, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,6 +24,7 @@ from tasks_app import handlers, scheduling, timing, workflows
 from tasks_app.api.errors import Conflict
 from tasks_app.api.filters import RunFilter, WorkflowRunFilter
 from tasks_app.api.pagination import OldestFirstCursorPagination
+from tasks_app.api.permissions import requires
 from tasks_app.api.serializers import (
     BulkSubmitSerializer,
     HandlerSerializer,
@@ -49,7 +54,7 @@ def actor_name(request: Request) -> str:
 class HandlerList(APIView):
     """Registered handlers: what tasks can use. Read-only; handlers are code."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [requires("view_task")]  # what a task may name
 
     @extend_schema(
         responses=inline_serializer(
@@ -77,6 +82,11 @@ class TaskViewSet(viewsets.ModelViewSet):
         active = instance.runs.active().count()
         if active:
             raise Conflict(f"Task {instance.name!r} has {active} unfinished run(s); cancel them first.")
+        used_by = instance.used_by()
+        if used_by:
+            raise Conflict(
+                f"Task {instance.name!r} is used by {', '.join(used_by)}; change or delete them first."
+            )
         instance.delete()
 
 
@@ -89,10 +99,10 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     serializer_class = RunSerializer
     queryset = Run.objects.all()
     filterset_class = RunFilter
-    change_actions = ("cancel", "pause", "resume", "retry")
-
-    def get_throttles(self) -> Any:
-        return [SubmitThrottle()] if self.action in ("create", "bulk") else []
+    action_permissions = {
+        "events": ("view_run",), "logs": ("view_run",), "cancel": ("change_run",), "pause": ("change_run",),
+        "resume": ("change_run",), "retry": ("change_run",),
+    }  # fmt: skip
 
     def get_queryset(self) -> Any:
         return Run.objects.select_related("task")
@@ -116,19 +126,21 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         submit = RunSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
         _ensure_enabled(submit.validated_data["task"])
+        SubmitThrottle().take(request, 1)
         run, created = Run.objects.submit(submit.to_request(key), by=actor_name(request))
         return Response(
             RunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
     @extend_schema(request=BulkSubmitSerializer, responses={201: RunSerializer(many=True)})
-    @action(detail=False, methods=["post"])
+    @action(detail=False, methods=["post"], pagination_class=None)  # a plain list, in order
     def bulk(self, request: Request) -> Response:
         submit = BulkSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
         items = submit.validated_data["runs"]
         for index, item in enumerate(items):
             _ensure_enabled(item["task"], where=f"runs[{index}]: ")
+        SubmitThrottle().take(request, len(items))
         runs = Run.objects.submit_many([request_of(item) for item in items], by=actor_name(request))
         return Response(RunSerializer(runs, many=True).data, status=status.HTTP_201_CREATED)
 
@@ -177,15 +189,15 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     queryset = Schedule.objects.all()
     serializer_class = ScheduleSerializer
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
-    change_actions = ("pause", "resume", "trigger")
+    # A schedule makes runs: what starts or changes its firing needs add_run too.
+    action_permissions = {
+        "create": ("add_schedule", "add_run"), "partial_update": ("change_schedule", "add_run"),
+        "pause": ("change_schedule",), "resume": ("change_schedule", "add_run"),
+        "trigger": ("view_schedule", "add_run"), "preview": ("view_schedule",),
+    }  # fmt: skip
 
     def get_queryset(self) -> Any:
         return Schedule.objects.select_related("task", "workflow")
-
-    def get_permissions(self) -> Any:
-        if self.action == "preview":  # writes nothing
-            return [IsAuthenticated()]
-        return super().get_permissions()
 
     def perform_create(self, serializer: ScheduleSerializer) -> None:
         with transaction.atomic():
@@ -219,13 +231,21 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     def resume(self, request: Request, pk: str) -> Response:
         return self._set_enabled(True)
 
-    @extend_schema(request=None, responses={201: RunSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            201: PolymorphicProxySerializer(
+                "Fired", [RunSerializer, WorkflowRunSerializer], resource_type_field_name=None
+            )
+        },
+    )
     @action(detail=True, methods=["post"])
     def trigger(self, request: Request, pk: str) -> Response:
         """Fire once now: a run with trigger=manual (a workflow run for a workflow's schedule)."""
         schedule = self.get_object()
         if schedule.task_id:
             _ensure_enabled(schedule.task)
+        SubmitThrottle().take(request, len(schedule.workflow.steps) if schedule.workflow_id else 1)
         fired = scheduling.fire_now(schedule, by=actor_name(request))
         serializer = WorkflowRunSerializer if schedule.workflow_id else RunSerializer
         return Response(serializer(fired).data, status=status.HTTP_201_CREATED)
@@ -258,7 +278,7 @@ class WorkflowViewSet(viewsets.ModelViewSet):
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
-    change_actions = ("runs",)
+    action_permissions = {"runs": ("view_workflow", "add_workflowrun", "add_run")}
 
     def perform_destroy(self, instance: Workflow) -> None:
         if instance.runs.filter(state=WorkflowState.RUNNING).exists():
@@ -269,7 +289,9 @@ class WorkflowViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def runs(self, request: Request, name: str) -> Response:
         """Start a workflow run."""
-        workflow_run = workflows.start(self.get_object(), by=actor_name(request))
+        workflow = self.get_object()
+        SubmitThrottle().take(request, len(workflow.steps))  # a run per step
+        workflow_run = workflows.start(workflow, by=actor_name(request))
         workflow_run = WorkflowRun.objects.prefetch_related("step_runs").get(pk=workflow_run.pk)
         return Response(WorkflowRunSerializer(workflow_run).data, status=status.HTTP_201_CREATED)
 
@@ -278,7 +300,8 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     queryset = WorkflowRun.objects.all()
     serializer_class = WorkflowRunSerializer
     filterset_class = WorkflowRunFilter
-    change_actions = ("cancel", "retry")
+    # A retry makes a new run of each step it runs again.
+    action_permissions = {"cancel": ("change_workflowrun",), "retry": ("change_workflowrun", "add_run")}
 
     def get_queryset(self) -> Any:
         return WorkflowRun.objects.select_related("workflow").prefetch_related("step_runs")

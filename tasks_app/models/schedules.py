@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone as clock
@@ -15,6 +15,7 @@ from tasks_app.querysets import ScheduleQuerySet
 # an UPDATE changes a schedule's timing, so even a bulk update() is picked up.
 RECOMPUTE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 KINDS = ("cron", "interval_seconds", "run_at")
+INTERVAL_MAX = 2**31 - 1
 
 
 def timing_problems(values: dict[str, Any]) -> dict[str, str]:
@@ -36,8 +37,8 @@ def timing_problems(values: dict[str, Any]) -> dict[str, str]:
         except timing.InvalidSchedule as exc:
             problems["cron"] = str(exc)
     interval = values.get("interval_seconds")
-    if interval is not None and interval < 1:
-        problems["interval_seconds"] = "Must be at least 1 second."
+    if interval is not None and not 1 <= interval <= INTERVAL_MAX:
+        problems["interval_seconds"] = f"Must be from 1 to {INTERVAL_MAX} seconds."
     start, end = values.get("start_at"), values.get("end_at")
     if start and end and end <= start:
         problems["end_at"] = "Must be after start_at."
@@ -63,14 +64,18 @@ class Schedule(models.Model):
         "start_at", "end_at", "misfire_policy", "enabled",
     ]  # fmt: skip
 
+    # A task or a workflow that a schedule fires cannot be deleted before the schedule.
     task = models.ForeignKey(
-        "tasks_app.Task", on_delete=models.CASCADE, null=True, blank=True, related_name="schedules"
+        "tasks_app.Task", on_delete=models.PROTECT, null=True, blank=True, related_name="schedules"
     )
     workflow = models.ForeignKey(
-        "tasks_app.Workflow", on_delete=models.CASCADE, null=True, blank=True, related_name="schedules"
+        "tasks_app.Workflow", on_delete=models.PROTECT, null=True, blank=True, related_name="schedules"
     )
     cron = models.CharField(max_length=200, blank=True)
-    interval_seconds = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    # At most what django-celery-beat's IntervalSchedule.every (a signed int) holds: 68 years.
+    interval_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(INTERVAL_MAX)]
+    )
     run_at = models.DateTimeField(null=True, blank=True)
     timezone = models.CharField(max_length=64, default="UTC")
     args = models.JSONField(null=True, blank=True, help_text="None: the task's args.")

@@ -125,6 +125,19 @@ class Task(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def used_by(self) -> list[str]:
+        """What fires this task and would be left without it: its schedules and workflows."""
+        from tasks_app.models.workflows import Workflow  # a sibling model module, not a cycle
+
+        schedules = [f"schedule {pk}" for pk in self.schedules.order_by("pk").values_list("pk", flat=True)]
+        # Workflows name their steps' tasks inside JSON; read them here, which works on SQLite too.
+        workflows = [
+            f"workflow {name}"
+            for name, steps in Workflow.objects.order_by("name").values_list("name", "steps")
+            if any(isinstance(step, dict) and step.get("task") == self.name for step in steps or [])
+        ]
+        return schedules + workflows
+
     def retry_delay(self, retries_done: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number `retries_done + 1`: exponential, capped, jittered."""
         delay = min(self.retry_backoff_max, self.retry_backoff * 2**retries_done)

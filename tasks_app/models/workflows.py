@@ -28,20 +28,31 @@ class InvalidWorkflow(ValueError):
         super().__init__(message)
 
 
+# A step's key is its run's `step` column; each step is a run, advanced one by one.
+STEP_KEY_MAX = 200
+STEPS_MAX = 1000
+
+
 def check_steps(steps: Any, task_names: set[str]) -> list[dict[str, Any]]:
     """Normalise a workflow's steps, or raise InvalidWorkflow naming the problem."""
     if not isinstance(steps, list) or not steps:
         raise InvalidWorkflow("Give a non-empty list of steps.")
+    if len(steps) > STEPS_MAX:
+        raise InvalidWorkflow(f"At most {STEPS_MAX} steps; got {len(steps)}.")
     normalised, keys = [], set()
     for index, step in enumerate(steps):
         if not isinstance(step, dict):
             raise InvalidWorkflow(f"Step {index} must be an object.")
         key, task = step.get("key"), step.get("task")
         if not isinstance(key, str) or not key:
-            raise InvalidWorkflow(f"Step {index} needs a key.")
+            raise InvalidWorkflow(f"Step {index} needs a key (a string).")
+        if len(key) > STEP_KEY_MAX or not key.isprintable():
+            raise InvalidWorkflow(f"Step {index}: a key is at most {STEP_KEY_MAX} printable characters.")
         if key in keys:
             raise InvalidWorkflow(f"Duplicate step key {key!r}.")
         keys.add(key)
+        if not isinstance(task, str):
+            raise InvalidWorkflow(f"Step {key!r}: task must be a task's name (a string).")
         if task not in task_names:
             raise InvalidWorkflow(f"Step {key!r}: no task named {task!r}.")
         depends_on = step.get("depends_on") or []
@@ -51,7 +62,7 @@ def check_steps(steps: Any, task_names: set[str]) -> list[dict[str, Any]]:
             raise InvalidWorkflow(f"Step {key!r}: depends_on must be a list of step keys.")
         if not isinstance(kwargs, dict):
             raise InvalidWorkflow(f"Step {key!r}: kwargs must be an object.")
-        if rule not in TriggerRule.values:
+        if not isinstance(rule, str) or rule not in TriggerRule.values:
             raise InvalidWorkflow(
                 f"Step {key!r}: trigger_rule must be one of {', '.join(TriggerRule.values)}."
             )
@@ -77,10 +88,9 @@ def validate_steps(steps: Any) -> list[dict[str, Any]]:
     """check_steps() against the tasks that exist now."""
     from tasks_app.models import Task
 
-    named = {s.get("task") for s in steps if isinstance(s, dict)} if isinstance(steps, list) else set()
-    existing = Task.objects.filter(name__in=[n for n in named if isinstance(n, str)]).values_list(
-        "name", flat=True
-    )
+    steps_given = steps if isinstance(steps, list) else []
+    named = {s.get("task") for s in steps_given if isinstance(s, dict) and isinstance(s.get("task"), str)}
+    existing = Task.objects.filter(name__in=named).values_list("name", flat=True) if named else []
     return check_steps(steps, set(existing))
 
 
