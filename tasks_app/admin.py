@@ -34,7 +34,29 @@ class MakesRuns:
         return request.user.has_perm("tasks_app.add_run")
 
 
-class TaskForm(forms.ModelForm):
+class SeenValuesForm(forms.ModelForm):
+    """A form that carries the values the operator saw (hidden initials): its changed_data
+    names the fields they changed, not those some other writer changed since."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.show_hidden_initial = True
+
+
+class ChangedFieldsOnly:
+    """An edit writes only the fields the operator changed: a save of the whole row would
+    put back what another writer (the API, beat) changed while the page was open."""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+        elif form.changed_data:
+            obj.save(update_fields=[*form.changed_data, "updated_at"])
+            obj.refresh_from_db()
+
+
+class TaskForm(SeenValuesForm):
     # Only registered handlers can be picked: a handler is code, never text from a form.
     handler = forms.ChoiceField(choices=())
 
@@ -48,7 +70,7 @@ class TaskForm(forms.ModelForm):
 
 
 @admin.register(Task)
-class TaskAdmin(MakesRuns, admin.ModelAdmin):
+class TaskAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
     form = TaskForm
     list_display = ["name", "handler", "queue", "priority", "max_retries", "enabled", "updated_at"]
     list_filter = ["enabled", "handler", "queue", "concurrency_policy"]
@@ -197,7 +219,7 @@ class RunAdmin(admin.ModelAdmin):
         return _pretty(run.error)
 
 
-class ScheduleForm(forms.ModelForm):
+class ScheduleForm(SeenValuesForm):
     class Meta:
         model = Schedule
         fields = Schedule.EDITABLE_FIELDS
@@ -210,7 +232,7 @@ class ScheduleForm(forms.ModelForm):
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(MakesRuns, admin.ModelAdmin):
+class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
     form = ScheduleForm
     list_display = ["id", "task", "kind_text", "enabled", "misfire_policy", "next_fire_at", "last_fired_at",
                     "invalid_reason"]  # fmt: skip
@@ -266,10 +288,10 @@ class ScheduleAdmin(MakesRuns, admin.ModelAdmin):
         self.message_user(request, f"Fired {len(fired)} schedule(s).")
 
 
-class WorkflowForm(forms.ModelForm):
+class WorkflowForm(SeenValuesForm):
     class Meta:
         model = Workflow
-        fields = ["name", "description", "steps"]
+        fields = Workflow.EDITABLE_FIELDS
 
     def clean_steps(self) -> Any:
         try:
@@ -279,7 +301,7 @@ class WorkflowForm(forms.ModelForm):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(MakesRuns, admin.ModelAdmin):
+class WorkflowAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
     form = WorkflowForm
     list_display = ["name", "description", "updated_at"]
     search_fields = ["name", "description"]

@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app import handlers, timing
+from tasks_app.api.versions import FieldsSentOnly
 from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
 from tasks_app.models.schedules import KINDS, timing_problems
 from tasks_app.models.tasks import PRIORITY_MAX, name_validator
@@ -38,7 +39,7 @@ class HandlerSerializer(serializers.Serializer):
     pausable = serializers.BooleanField()
 
 
-class TaskSerializer(serializers.ModelSerializer):
+class TaskSerializer(FieldsSentOnly, serializers.ModelSerializer):
     args = StoredList(required=False, default=list)
     kwargs = StoredDict(required=False, default=dict)
 
@@ -163,7 +164,7 @@ class BulkSubmitSerializer(serializers.Serializer):
     )
 
 
-class ScheduleSerializer(serializers.ModelSerializer):
+class ScheduleSerializer(FieldsSentOnly, serializers.ModelSerializer):
     task = serializers.SlugRelatedField(
         slug_field="name",
         queryset=Task.objects.all(),
@@ -253,7 +254,7 @@ class SchedulePreviewSerializer(serializers.Serializer):
         return attrs
 
 
-class WorkflowSerializer(serializers.ModelSerializer):
+class WorkflowSerializer(FieldsSentOnly, serializers.ModelSerializer):
     steps = serializers.JSONField()
 
     class Meta:

@@ -41,6 +41,7 @@ from tasks_app.api.serializers import (
     request_of,
 )
 from tasks_app.api.throttles import SubmitThrottle
+from tasks_app.api.versions import VersionedEdits
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Schedule, Task, Worker, Workflow, WorkflowRun, WorkflowState
 
@@ -71,7 +72,7 @@ class HandlerList(APIView):
         return Response({"results": data, "next": None, "previous": None})
 
 
-class TaskViewSet(viewsets.ModelViewSet):
+class TaskViewSet(VersionedEdits, viewsets.ModelViewSet):
     queryset = Task.objects.all()
     serializer_class = TaskSerializer
     lookup_field = "name"
@@ -185,7 +186,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return self._control(request, "retry")
 
 
-class ScheduleViewSet(viewsets.ModelViewSet):
+class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
     queryset = Schedule.objects.all()
     serializer_class = ScheduleSerializer
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
@@ -272,7 +273,7 @@ class ScheduleViewSet(viewsets.ModelViewSet):
         return Response({"description": timing.describe(preview.validated_data["cron"]), "next_runs": fires})
 
 
-class WorkflowViewSet(viewsets.ModelViewSet):
+class WorkflowViewSet(VersionedEdits, viewsets.ModelViewSet):
     queryset = Workflow.objects.all()
     serializer_class = WorkflowSerializer
     lookup_field = "name"

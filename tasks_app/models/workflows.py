@@ -97,6 +97,9 @@ def validate_steps(steps: Any) -> list[dict[str, Any]]:
 class Workflow(models.Model):
     """A DAG of steps, each a task with its own kwargs, upstream steps and trigger rule."""
 
+    # What the API and the admin let a user set.
+    EDITABLE_FIELDS = ["name", "description", "steps"]
+
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
     steps = models.JSONField(default=list)
