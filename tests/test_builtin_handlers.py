@@ -47,7 +47,7 @@ def local_server(settings) -> Iterator[str]:
     _Handler.hits = []
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    settings.BUILTIN_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.BUILTIN_HTTP_ALLOWED_HOSTS = [f"127.0.0.1:{server.server_address[1]}"]
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
