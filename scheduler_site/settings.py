@@ -8,6 +8,7 @@ names the variable, instead of silently falling back to a default.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -49,6 +50,17 @@ def env_number(name: str, default: float, *, minimum: float = 0) -> float:
     return value
 
 
+def env_header(name: str) -> tuple[str, str] | None:
+    """ "X-Forwarded-Proto=https" -> ("HTTP_X_FORWARDED_PROTO", "https"), as Django wants it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    header, sep, value = raw.partition("=")
+    if not sep or not header.strip() or not value.strip():
+        raise ImproperlyConfigured(f"{name} must look like X-Forwarded-Proto=https, got {raw!r}")
+    return "HTTP_" + header.strip().upper().replace("-", "_"), value.strip()
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -83,6 +95,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "axes",
     "tasks_app",
     # A deployment's own apps (with their `handlers` modules), e.g. "reports,billing".
     *env_list("EXTRA_INSTALLED_APPS", []),
@@ -97,7 +110,34 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: locks the admin's login after repeated failures.
+    "axes.middleware.AxesMiddleware",
 ]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# A user name tried from one address is locked out after AXES_FAILURE_LIMIT failed logins,
+# for AXES_COOLOFF_MINUTES; by name and address together, so nobody can lock an admin out
+# from elsewhere. API tokens are not logins and are not counted.
+AXES_FAILURE_LIMIT = int(env_number("AXES_FAILURE_LIMIT", 5, minimum=1))
+AXES_COOLOFF_TIME = timedelta(minutes=env_number("AXES_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # no row for every successful login: a table that grows forever
+
+# --- HTTPS (on by default in production, each overridable) ----------------------------
+PRODUCTION = ENVIRONMENT == "production"
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+# Probes and scrapes come from inside, often over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = int(env_number("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if PRODUCTION else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+# Behind a proxy that ends TLS: the header it sets, e.g. X-Forwarded-Proto=https.
+SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
 
 ROOT_URLCONF = "scheduler_site.urls"
 WSGI_APPLICATION = "scheduler_site.wsgi.application"
@@ -302,10 +342,21 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
 
-if ENVIRONMENT == "production":
+if PRODUCTION:
     if DEBUG:
         raise ImproperlyConfigured("DEBUG must be off in production (SCHEDULER_ENV=production)")
-    if SECRET_KEY == DEFAULT_SECRET_KEY or len(SECRET_KEY) < 32:
-        raise ImproperlyConfigured("SECRET_KEY must be a secret of 32 characters or more in production")
+    # What Django's check --deploy calls a weak key (security.W009).
+    if (
+        SECRET_KEY == DEFAULT_SECRET_KEY
+        or len(SECRET_KEY) < 50
+        or len(set(SECRET_KEY)) < 5
+        or SECRET_KEY.startswith("django-insecure-")
+    ):
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be a random secret of 50 characters or more, with 5 or more different ones, "
+            "in production (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("ALLOWED_HOSTS must be set in production")
+    if "*" in ALLOWED_HOSTS:
+        raise ImproperlyConfigured("ALLOWED_HOSTS must name the hosts in production, not *")

@@ -14,10 +14,12 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import TokenProxy
 
 from tasks_app import handlers, scheduling, workflows
 from tasks_app.lifecycle import Actor, InvalidTransition
-from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
+from tasks_app.models import ApiToken, Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
 from tasks_app.models.schedules import timing_problems
 from tasks_app.models.workflows import InvalidWorkflow, validate_steps
 from tasks_app.querysets import RunRequest
@@ -434,3 +436,25 @@ class WorkerAdmin(admin.ModelAdmin):
     @admin.display(description="active runs")
     def active_runs(self, worker: Worker) -> int:
         return Run.objects.filter(state="running", worker=worker.hostname).count()
+
+
+# DRF's token admin lists every key in clear; ours shows its first characters only. Tokens
+# are made with `manage.py drf_create_token USER`; here they can be seen and revoked.
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(TokenAdmin):
+    list_display = ["masked_key", "user", "created"]
+    fields = ["masked_key", "user", "created"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="key")
+    def masked_key(self, token: ApiToken) -> str:
+        return token.masked_key

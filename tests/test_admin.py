@@ -227,3 +227,45 @@ def test_admin_run_now_with_add_run_makes_a_run(staff_with, task, broker) -> Non
     client = staff_with("view_task", "add_run")
     client.post("/admin/tasks_app/task/", {"action": "run_now", "_selected_action": [task.pk]})
     assert Run.objects.filter(task=task, trigger="manual").count() == 1
+
+
+def test_the_admin_login_locks_out_after_repeated_failures(client, db, settings) -> None:
+    User.objects.create_superuser("boss", password="right-password")
+    login = "/admin/login/?next=/admin/"
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        failed = client.post(login, {"username": "boss", "password": "wrong"}, REMOTE_ADDR="203.0.113.7")
+        assert failed.status_code in (200, 429)
+
+    locked = client.post(login, {"username": "boss", "password": "right-password"}, REMOTE_ADDR="203.0.113.7")
+    assert locked.status_code == 429
+    assert client.get("/admin/", REMOTE_ADDR="203.0.113.7").status_code == 302  # not signed in
+
+    # Locked by name and address together: the same user from elsewhere still signs in.
+    elsewhere = client.post(
+        login, {"username": "boss", "password": "right-password"}, REMOTE_ADDR="198.51.100.2"
+    )
+    assert elsewhere.status_code == 302
+
+
+def test_the_admin_never_shows_an_api_token_in_clear(admin_client, db) -> None:
+    from rest_framework.authtoken.models import Token
+
+    other = User.objects.create_user("robot", password="pw")
+    key = Token.objects.create(user=other).key
+    pages = [
+        "/admin/",
+        "/admin/tasks_app/apitoken/",
+        f"/admin/tasks_app/apitoken/{other.pk}/change/",
+        f"/admin/tasks_app/apitoken/{other.pk}/delete/",
+    ]
+    for url in pages:
+        response = admin_client.get(url)
+        assert response.status_code == 200, url
+        assert key not in response.content.decode(), url
+    assert admin_client.get("/admin/authtoken/tokenproxy/").status_code == 404  # DRF's own, unregistered
+    assert key[:4] in admin_client.get("/admin/tasks_app/apitoken/").content.decode()
+
+    admin_client.post(f"/admin/tasks_app/apitoken/{other.pk}/delete/", {"post": "yes"})  # revoked
+    assert not Token.objects.filter(key=key).exists()
+    history = admin_client.get("/admin/").content.decode()
+    assert key not in history

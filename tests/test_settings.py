@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -24,7 +25,27 @@ def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-GOOD = {"SCHEDULER_ENV": "production", "SECRET_KEY": "s" * 40, "ALLOWED_HOSTS": "example.org"}
+GOOD = {
+    "SCHEDULER_ENV": "production",
+    "SECRET_KEY": "k3y-Of-fifty-chars-or-more-with-many-different-ones-9",
+    "ALLOWED_HOSTS": "example.org",
+}
+
+
+def setting_values(*names: str, **env: str) -> dict[str, object]:
+    """The named settings as a process with `env` sees them."""
+    environment = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS"}}
+    script = f"from django.conf import settings; print(repr({{n: getattr(settings, n) for n in {names!r}}}))"
+    shown = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**environment, **env, "DJANGO_SETTINGS_MODULE": "scheduler_site.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    return ast.literal_eval(shown.stdout.strip().splitlines()[-1])
 
 
 def test_production_settings_start_when_safe() -> None:
@@ -37,7 +58,13 @@ def test_production_settings_start_when_safe() -> None:
         ({"DEBUG": "1"}, "DEBUG must be off"),
         ({"SECRET_KEY": "insecure-development-key-do-not-use-in-production"}, "SECRET_KEY"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"SECRET_KEY": "s" * 40}, "SECRET_KEY"),  # under Django's 50 characters
+        ({"SECRET_KEY": "abab" * 20}, "SECRET_KEY"),  # low entropy: under 5 different characters
+        ({"SECRET_KEY": "django-insecure-" + "x1y2z3" * 10}, "SECRET_KEY"),
         ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS"),
+        ({"ALLOWED_HOSTS": "*"}, "ALLOWED_HOSTS"),
+        ({"ALLOWED_HOSTS": "example.org,*"}, "ALLOWED_HOSTS"),
+        ({"SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto"}, "SECURE_PROXY_SSL_HEADER"),
     ],
 )
 def test_production_settings_refuse_unsafe_values(override, message) -> None:
@@ -99,3 +126,41 @@ def test_embedded_sqlite_default_keeps_its_triggers_after_every_migration(tmp_pa
         [*manage, "shell", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert "['created', 'pending', 'running', 'completed'] 1970" in shown.stdout, shown.stderr[-2000:]
+
+
+HTTPS = ("SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+         "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_PROXY_SSL_HEADER")  # fmt: skip
+
+
+def test_production_turns_https_on_and_each_part_can_be_turned_off() -> None:
+    on = setting_values(*HTTPS, **GOOD)
+    assert on == {
+        "SECURE_SSL_REDIRECT": True, "SECURE_HSTS_SECONDS": 31536000, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True, "SECURE_PROXY_SSL_HEADER": None,
+    }  # fmt: skip
+    off = setting_values(
+        *HTTPS, **GOOD, SECURE_SSL_REDIRECT="false", SECURE_HSTS_SECONDS="0", SESSION_COOKIE_SECURE="0",
+        CSRF_COOKIE_SECURE="no", SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto=https",
+    )  # fmt: skip
+    assert off["SECURE_SSL_REDIRECT"] is False and off["SECURE_HSTS_SECONDS"] == 0
+    assert off["SESSION_COOKIE_SECURE"] is False and off["CSRF_COOKIE_SECURE"] is False
+    assert off["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+
+
+def test_development_keeps_plain_http() -> None:
+    values = setting_values(*HTTPS, SCHEDULER_ENV="development")
+    assert values["SECURE_SSL_REDIRECT"] is False and values["SESSION_COOKIE_SECURE"] is False
+
+
+def test_check_deploy_passes_with_production_settings() -> None:
+    environment = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS"}}
+    checked = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env={**environment, **GOOD},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "no issues" in checked.stdout
