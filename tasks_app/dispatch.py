@@ -70,8 +70,18 @@ def _resend_later(run_ids: list[int]) -> None:
         logger.exception("could not mark runs %s to be sent again", run_ids[:20])
 
 
+def time_limits(task: Any) -> tuple[float | None, float]:
+    """(soft, hard) seconds for a run of `task`: RUN_MAX_DURATION is every run's hard limit,
+    which a task may lower, never raise (a sleep of 1e9 s cannot hold a worker)."""
+    longest = settings.RUN_MAX_DURATION
+    hard = min(task.time_limit or longest, longest)
+    soft = min(task.soft_time_limit, hard) if task.soft_time_limit else None
+    return soft, hard
+
+
 def _send(app: Any, producer: Any, run: Run) -> None:
     task = run.task
+    soft, hard = time_limits(task)
     app.send_task(
         task.handler,
         args=[run.pk, run.dispatches],
@@ -79,8 +89,8 @@ def _send(app: Any, producer: Any, run: Run) -> None:
         queue=task.queue,
         # kombu's Redis transport serves 0 first; our API's 9 is the most urgent.
         priority=PRIORITY_MAX - run.priority,
-        soft_time_limit=task.soft_time_limit,
-        time_limit=task.time_limit,
+        soft_time_limit=soft,
+        time_limit=hard,
         producer=producer,
     )
 

@@ -369,3 +369,32 @@ def test_reader_may_read_runs(reader, anonymous, task, make_run) -> None:
     assert reader.get(f"{URL}{run.pk}/").status_code == 200
     assert anonymous.get(f"{URL}{run.pk}/").status_code == 401
     assert anonymous.get(URL).status_code == 401
+
+
+def wsgi(text: str) -> str:
+    """A header as WSGI hands it over: its bytes read as latin-1."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+def test_an_idempotency_key_is_read_as_utf8(api, task, broker) -> None:
+    first = api.post(URL, {"task": "noop"}, format="json", HTTP_IDEMPOTENCY_KEY=wsgi("clé-✓-𝄞"))
+    again = api.post(URL, {"task": "noop"}, format="json", HTTP_IDEMPOTENCY_KEY=wsgi("clé-✓-𝄞"))
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.data["idempotency_key"] == "clé-✓-𝄞" and again.data["id"] == first.data["id"]
+
+
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        ("key-one,key-two", "one Idempotency-Key"),
+        ("\xff\xfe", "UTF-8"),
+        ("a\x01b", "control"),
+        ("é" * 256, "255"),
+    ],
+)
+def test_a_bad_idempotency_key_is_a_400(api, task, header, says) -> None:
+    value = header if header.startswith("\xff") else wsgi(header)
+    response = api.post(URL, {"task": "noop"}, format="json", HTTP_IDEMPOTENCY_KEY=value)
+    assert response.status_code == 400
+    assert says in str(response.data["Idempotency-Key"])
+    assert not Run.objects.exists()

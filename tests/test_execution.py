@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from tasks_app.execution import execute, patiently, record_hard_timeout
 from tasks_app.lifecycle import RunState
-from tasks_app.models import Run, RunLog
+from tasks_app.models import Run, RunLog, Task
 
 S = RunState
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -198,7 +198,8 @@ def test_timestamps_come_from_the_clock(make_task, make_run) -> None:
     assert timezone.is_aware(run.started_at)
 
 
-def test_worker_tries_again_while_the_database_is_unreachable(monkeypatch, settings) -> None:
+def test_worker_tries_again_while_the_database_is_unreachable(db, monkeypatch, settings) -> None:
+    # db: between tries it closes the broken connections, which touches the real ones.
     settings.WORKER_DATABASE_PATIENCE = 60
     waits: list[float] = []
     monkeypatch.setattr("tasks_app.execution.time.sleep", waits.append)
@@ -223,3 +224,28 @@ def test_worker_gives_up_on_the_database_after_its_patience(monkeypatch, setting
 
     with pytest.raises(OperationalError):
         patiently(operation, "claim a run")
+
+
+@pytest.mark.parametrize(
+    ("limits", "run_max", "sent"),
+    [
+        ({}, 3600, [3600, None]),
+        ({"time_limit": 10}, 3600, [10, None]),
+        ({"soft_time_limit": 5, "time_limit": 10}, 3600, [10, 5]),
+        ({"time_limit": 10**6, "soft_time_limit": 10**5}, 60, [60, 60]),  # written past validation
+    ],
+)
+def test_every_message_carries_a_hard_limit_no_longer_than_run_max_duration(
+    make_task, broker, settings, django_capture_on_commit_callbacks, limits, run_max, sent
+) -> None:
+    from tasks_app.querysets import RunRequest
+    from tests.conftest import queued_messages
+
+    settings.RUN_MAX_DURATION = run_max
+    task = make_task()
+    Task.objects.filter(pk=task.pk).update(**limits)
+    task.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        Run.objects.submit(RunRequest(task=task))
+    (message,) = queued_messages(broker)
+    assert message["headers"]["timelimit"] == sent

@@ -48,6 +48,26 @@ from tasks_app.models import Run, Schedule, Task, Worker, Workflow, WorkflowRun,
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+def idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header as the client wrote it: UTF-8, one of it, printable."""
+    raw = request.META.get("HTTP_IDEMPOTENCY_KEY")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        key = raw.encode("latin-1").decode("utf-8").strip()  # WSGI hands headers over as latin-1
+    except UnicodeError:
+        raise ValidationError({IDEMPOTENCY_HEADER: "Must be UTF-8 text."}) from None
+    if "," in key:  # how a server hands over a header sent twice
+        raise ValidationError(
+            {IDEMPOTENCY_HEADER: "Send one Idempotency-Key header; a key cannot hold a comma."}
+        )
+    if len(key) > 255:
+        raise ValidationError({IDEMPOTENCY_HEADER: "At most 255 characters."})
+    if not key.isprintable():
+        raise ValidationError({IDEMPOTENCY_HEADER: "Must not hold control characters."})
+    return key
+
+
 def actor_name(request: Request) -> str:
     return request.user.get_username()
 
@@ -116,14 +136,15 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
                 IDEMPOTENCY_HEADER,
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
-                description="The same key for the same task returns the first run.",
+                description=(
+                    "The same key for the same task returns the first run. UTF-8, at most 255 characters, "
+                    "sent once (a second header, or a comma, is a 400)."
+                ),
             )
         ],
     )
     def create(self, request: Request) -> Response:
-        key = request.headers.get(IDEMPOTENCY_HEADER) or None
-        if key is not None and len(key) > 255:
-            raise ValidationError({IDEMPOTENCY_HEADER: "At most 255 characters."})
+        key = idempotency_key(request)
         submit = RunSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
         _ensure_enabled(submit.validated_data["task"])

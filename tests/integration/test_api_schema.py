@@ -9,10 +9,12 @@ so detail pages and controls are reached, not only their 404s.
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +89,11 @@ def cases_by_phase(events: Path) -> dict[str, int]:
     return dict(counted)
 
 
-def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(tmp_path, report) -> None:
-    owner = User.objects.create_user("owner", password="x")
-    owner.user_permissions.set(Permission.objects.filter(content_type__app_label="tasks_app"))
-    token = Token.objects.create(user=owner).key
-    known = seed_objects()
-    schema = tmp_path / "schema.json"
-    call_command("spectacular", "--file", str(schema), "--format", "openapi-json")
+@pytest.fixture
+def web(tmp_path) -> Iterator[str]:
+    """gunicorn on the test database; its base URL."""
     port = free_port()
-    web = Process(
+    process = Process(
         "web",
         ["scheduler_site.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2"],
         {**process_env(), "SUBMIT_THROTTLE_RATE": "1000000/min"},
@@ -103,21 +101,70 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(tmp
         command=[sys.executable, "-m", "gunicorn"],
     )
     try:
-        wait_until(lambda: "Booting worker" in web.output(), timeout=60, what="gunicorn to start")
-        config = config_file(tmp_path / "st.toml", known)
-        command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", str(schema)]
-        command += ["--url", f"http://127.0.0.1:{port}", "-H", f"Authorization: Token {token}"]
-        command += ["--phases", PHASES, "--seed", str(SEED), "-n", str(EXAMPLES), "--checks", CHECKS]
-        command += ["--report", "ndjson", "--report-ndjson-path", str(tmp_path / "events.ndjson")]
-        command += ["--generation-database", "none", "--no-color", "--max-failures", "50"]
-        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        wait_until(lambda: "Booting worker" in process.output(), timeout=60, what="gunicorn to start")
+        yield f"http://127.0.0.1:{port}"
+        assert "Traceback" not in process.output(), process.output()[-4000:]
     finally:
-        web.stop()
+        process.stop()
+
+
+def owner_token() -> str:
+    owner = User.objects.create_user("owner", password="x")
+    owner.user_permissions.set(Permission.objects.filter(content_type__app_label="tasks_app"))
+    return Token.objects.create(user=owner).key
+
+
+def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(web, tmp_path, report) -> None:
+    token = owner_token()
+    known = seed_objects()
+    schema = tmp_path / "schema.json"
+    call_command("spectacular", "--file", str(schema), "--format", "openapi-json")
+    config = config_file(tmp_path / "st.toml", known)
+    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", str(schema)]
+    command += ["--url", web, "-H", f"Authorization: Token {token}"]
+    command += ["--phases", PHASES, "--seed", str(SEED), "-n", str(EXAMPLES), "--checks", CHECKS]
+    command += ["--report", "ndjson", "--report-ndjson-path", str(tmp_path / "events.ndjson")]
+    command += ["--generation-database", "none", "--no-color", "--max-failures", "50"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
     phases = cases_by_phase(tmp_path / "events.ndjson")
     summary = run.stdout[run.stdout.rfind("SUMMARY") :]
     report(f"schemathesis (seed {SEED}, {EXAMPLES} examples per operation): cases per phase {phases}, "
            f"in all {sum(phases.values())}; exit {run.returncode}")  # fmt: skip
     failures = run.stdout[run.stdout.find("FAILURES") : run.stdout.find("WARNINGS")]
     assert run.returncode == 0, failures[:8000] + summary + run.stderr[-2000:]
-    assert "Traceback" not in web.output(), web.output()[-4000:]
     assert {"coverage", "fuzzing", "stateful"} <= {phase for phase, count in phases.items() if count}, summary
+
+
+def submit_with_keys(web: str, token: str, *keys: bytes) -> tuple[int, dict[str, Any]]:
+    """POST /runs/ over HTTP with the Idempotency-Key header sent once per key, as raw bytes."""
+    host, port = web.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = b'{"task": "noop"}'
+    connection.putrequest("POST", "/api/v1/runs/")
+    for name, value in (
+        ("Authorization", f"Token {token}".encode()),
+        ("Content-Type", b"application/json"),
+        ("Content-Length", str(len(body)).encode()),
+        *(("Idempotency-Key", k) for k in keys),
+    ):
+        connection.putheader(name, value)  # fmt: skip
+    connection.endheaders(body)
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    return response.status, answer
+
+
+def test_idempotency_keys_over_http_are_utf8_and_one(web) -> None:
+    token = owner_token()
+    Task.objects.create(name="noop", handler="builtin.noop")
+    key = "clé-✓".encode()
+
+    assert submit_with_keys(web, token, key)[0] == 201
+    status, again = submit_with_keys(web, token, key)
+    assert (status, again["idempotency_key"]) == (200, "clé-✓")
+    status, twice = submit_with_keys(web, token, b"one", b"two")
+    assert status == 400 and "one Idempotency-Key" in str(twice)
+    assert submit_with_keys(web, token, b"\xff\xfe")[0] == 400
+    assert Run.objects.count() == 1

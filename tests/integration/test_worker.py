@@ -95,6 +95,17 @@ def test_hard_time_limit_fails_the_run_with_reason_timeout(platform) -> None:
     assert run.events.last().reason == "timeout"
 
 
+def test_run_max_duration_is_every_runs_hard_time_limit(platform, settings) -> None:
+    # No limit on the task, and a sleep of 1e9 s: RUN_MAX_DURATION (carried in the message) ends it.
+    settings.RUN_MAX_DURATION = 1
+    task = Task.objects.create(name="forever", handler="builtin.sleep")
+
+    run = wait_for_state(submit(task, seconds=1e9), S.FAILED)
+
+    assert run.error["message"] == "hard time limit (1s) exceeded"
+    assert run.events.last().reason == "timeout"
+
+
 def test_cancel_stops_a_sleeping_run(platform) -> None:
     sleeper = Task.objects.create(name="sleeper", handler="builtin.sleep")
     noop = Task.objects.create(name="noop", handler="builtin.noop")
