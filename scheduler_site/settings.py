@@ -340,6 +340,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # django-axes says at INFO that it starts, in every process; failed logins and lockouts are warnings.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 if PRODUCTION:
