@@ -101,7 +101,8 @@ class VersionedEdits:
         """get_object(), its row locked until the transaction ends: edits of it queue up."""
         lookup = self.lookup_url_kwarg or self.lookup_field
         instance = get_object_or_404(
-            self.get_queryset().select_for_update(), **{self.lookup_field: self.kwargs[lookup]}
+            self.get_queryset().select_related(None).select_for_update(),
+            **{self.lookup_field: self.kwargs[lookup]},
         )
         self.check_object_permissions(self.request, instance)
         return instance

@@ -267,7 +267,7 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
         schedule = self.get_object()
         if schedule.task_id:
             _ensure_enabled(schedule.task)
-        SubmitThrottle().take(request, len(schedule.workflow.steps) if schedule.workflow_id else 1)
+        SubmitThrottle().take(request, schedule.workflow.runs_per_start if schedule.workflow_id else 1)
         fired = scheduling.fire_now(schedule, by=actor_name(request))
         serializer = WorkflowRunSerializer if schedule.workflow_id else RunSerializer
         return Response(serializer(fired).data, status=status.HTTP_201_CREATED)
@@ -312,7 +312,7 @@ class WorkflowViewSet(VersionedEdits, viewsets.ModelViewSet):
     def runs(self, request: Request, name: str) -> Response:
         """Start a workflow run."""
         workflow = self.get_object()
-        SubmitThrottle().take(request, len(workflow.steps))  # a run per step
+        SubmitThrottle().take(request, workflow.runs_per_start)
         workflow_run = workflows.start(workflow, by=actor_name(request))
         workflow_run = WorkflowRun.objects.prefetch_related("step_runs").get(pk=workflow_run.pk)
         return Response(WorkflowRunSerializer(workflow_run).data, status=status.HTTP_201_CREATED)

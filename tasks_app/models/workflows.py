@@ -112,6 +112,11 @@ class Workflow(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def runs_per_start(self) -> int:
+        """The runs one start makes: one per step (steps written past validation count 1)."""
+        return len(self.steps) if isinstance(self.steps, list) and self.steps else 1
+
 
 class WorkflowRun(models.Model):
     """One execution of a workflow: a run per step (the latest per key counts)."""
