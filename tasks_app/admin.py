@@ -9,6 +9,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -23,6 +24,9 @@ from tasks_app.models import ApiToken, Run, RunEvent, RunLog, Schedule, Task, Wo
 from tasks_app.models.schedules import timing_problems
 from tasks_app.models.workflows import InvalidWorkflow, validate_steps
 from tasks_app.querysets import RunRequest
+from tasks_app.timing import InvalidSchedule
+
+NEEDS_ADD_WORKFLOWRUN = "a schedule of a workflow starts workflow runs: this needs add_workflowrun."
 
 
 class MakesRuns:
@@ -53,9 +57,10 @@ class ChangedFieldsOnly:
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         if not change:
             super().save_model(request, obj, form, change)
-        elif form.changed_data:
+            return
+        if form.changed_data:
             obj.save(update_fields=[*form.changed_data, "updated_at"])
-            obj.refresh_from_db()
+        obj.refresh_from_db()  # what is stored now, not what the page showed
 
 
 class TaskForm(SeenValuesForm):
@@ -69,6 +74,16 @@ class TaskForm(SeenValuesForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["handler"].choices = [(h.name, h.name) for h in handlers.all_handlers()]
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if self.instance.pk and name != self.instance.name:
+            naming = self.instance.workflows_naming_it()
+            if naming:
+                raise forms.ValidationError(
+                    f"Workflow(s) {', '.join(naming)} name this task; change their steps before renaming it."
+                )
+        return name
 
 
 @admin.register(Task)
@@ -228,7 +243,16 @@ class ScheduleForm(SeenValuesForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        for field, problem in timing_problems(data).items():
+        # What will be stored: the row as it is now, with the fields the operator changed
+        # (ChangedFieldsOnly writes no others), so an edit made meanwhile is checked too.
+        stored = {field: getattr(self.instance, field, None) for field in Schedule.EDITABLE_FIELDS}
+        if self.instance.pk:
+            data_now = {**stored, **{field: data.get(field) for field in self.changed_data}}
+        else:
+            data_now = data
+        if (data_now.get("task") is None) == (data_now.get("workflow") is None):
+            self.add_error("task", "Give exactly one of task and workflow.")
+        for field, problem in timing_problems(data_now).items():
             self.add_error(field if field in self.fields else None, problem)
         return data
 
@@ -251,8 +275,24 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
         return super().has_change_permission(request, obj) and self.has_run_permission(request)
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
+        if obj.workflow_id and not self.has_start_permission(request):
+            raise PermissionDenied(
+                "A schedule of a workflow starts workflow runs: this needs add_workflowrun."
+            )
         super().save_model(request, obj, form, change)
         scheduling.mirror(obj)
+
+    def has_start_permission(self, request: HttpRequest) -> bool:
+        """What a schedule of a workflow needs besides: to start workflow runs."""
+        return request.user.has_perm("tasks_app.add_workflowrun")
+
+    def _may_fire(self, request: HttpRequest, schedule: Schedule) -> bool:
+        if schedule.workflow_id and not self.has_start_permission(request):
+            self.message_user(
+                request, f"{schedule}: starting workflow runs needs add_workflowrun.", messages.WARNING
+            )
+            return False
+        return True
 
     def delete_model(self, request: HttpRequest, obj: Schedule) -> None:
         if obj.periodic_task_id:
@@ -277,17 +317,25 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
         self._set_enabled(request, queryset, True)
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Schedule], enabled: bool) -> None:
-        changed = sum(scheduling.set_enabled(schedule, enabled) for schedule in queryset)
+        changed = sum(
+            scheduling.set_enabled(schedule, enabled)
+            for schedule in queryset
+            if not enabled or self._may_fire(request, schedule)
+        )
         self.message_user(request, f"{'Resumed' if enabled else 'Paused'} {changed} schedule(s).")
 
     @admin.action(description="Fire selected schedules now", permissions=["fire"])
     def trigger(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        fired = [
-            scheduling.fire_now(schedule, by=request.user.get_username())
-            for schedule in queryset.select_related("task", "workflow")
-            if schedule.workflow_id or schedule.task.enabled
-        ]
-        self.message_user(request, f"Fired {len(fired)} schedule(s).")
+        fired = 0
+        for schedule in queryset.select_related("task", "workflow"):
+            if (schedule.task_id and not schedule.task.enabled) or not self._may_fire(request, schedule):
+                continue
+            try:
+                scheduling.fire_now(schedule, by=request.user.get_username())
+                fired += 1
+            except (InvalidSchedule, InvalidWorkflow) as exc:  # a row written past validation
+                self.message_user(request, f"{schedule}: {exc}", messages.WARNING)
+        self.message_user(request, f"Fired {fired} schedule(s).")
 
 
 class WorkflowForm(SeenValuesForm):
@@ -309,6 +357,10 @@ class WorkflowAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
     search_fields = ["name", "description"]
     actions = ["start"]
 
+    def save_model(self, request: HttpRequest, obj: Workflow, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        Schedule.objects.filter(workflow=obj).look_again()  # the edit may mend what set them aside
+
     def has_start_permission(self, request: HttpRequest) -> bool:
         return (
             self.has_view_permission(request)
@@ -318,8 +370,14 @@ class WorkflowAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
 
     @admin.action(description="Start a run of the selected workflows", permissions=["start"])
     def start(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
-        started = [workflows.start(w, by=request.user.get_username()).pk for w in queryset]
-        self.message_user(request, f"Started workflow run(s) {', '.join(map(str, started))}.")
+        started = []
+        for workflow in queryset:
+            try:
+                started.append(workflows.start(workflow, by=request.user.get_username()).pk)
+            except InvalidWorkflow as exc:  # its tasks are gone
+                self.message_user(request, f"Workflow {workflow}: {exc}", messages.WARNING)
+        if started:
+            self.message_user(request, f"Started workflow run(s) {', '.join(map(str, started))}.")
 
 
 STATE_COLOURS = {
@@ -416,7 +474,7 @@ class WorkflowRunAdmin(MakesRuns, admin.ModelAdmin):
         for workflow_run in queryset:
             try:
                 control(workflow_run, by=request.user.get_username())
-            except workflows.WorkflowConflict as exc:
+            except (workflows.WorkflowConflict, InvalidWorkflow) as exc:
                 self.message_user(request, str(exc), messages.WARNING)
 
 

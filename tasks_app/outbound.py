@@ -101,9 +101,27 @@ def _unmapped(address: Address) -> Address:
     return mapped or address
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _wrapped_ipv4(address: Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 one carries to wherever routes it: 6to4, Teredo, NAT64 and
+    the old IPv4-compatible form. ipaddress calls some of these global whatever they wrap."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    wrapped = [address.sixtofour] if address.sixtofour else []
+    wrapped += list(address.teredo or ())
+    if address in NAT64 or address in IPV4_COMPATIBLE:
+        wrapped.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return wrapped
+
+
 def _is_public(address: Address) -> bool:
     address = _unmapped(address)
-    return address.is_global and not address.is_multicast
+    if not address.is_global or address.is_multicast:
+        return False
+    return all(_is_public(inner) for inner in _wrapped_ipv4(address))
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,13 @@ def _set_aside(schedule: Schedule, exc: Exception) -> None:
 
 
 class ScheduleQuerySet(models.QuerySet):
+    def look_again(self) -> int:
+        """Have beat's next tick recompute those of these schedules it set aside: an edit of
+        what they fire (a workflow's steps) may have mended them. Returns how many."""
+        from tasks_app.models.schedules import RECOMPUTE
+
+        return self.exclude(invalid_reason="").update(next_fire_at=RECOMPUTE)
+
     def fire_due(self, now: dt.datetime | None = None, limit: int = 500) -> int:
         """Fire every enabled schedule whose next instant has come; returns runs created.
 
@@ -273,6 +280,7 @@ class ScheduleQuerySet(models.QuerySet):
             workflows_due = []
             for schedule in due:
                 schedule.task = tasks.get(schedule.task_id)
+                fired_before = schedule.last_fired_at, schedule.missed_fires
                 try:
                     fires = []
                     if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
@@ -284,7 +292,8 @@ class ScheduleQuerySet(models.QuerySet):
                     schedule.next_fire_at = schedule.next_after(now)
                 except Exception as exc:
                     # A row written past validation (plain SQL, a bulk update): it is set
-                    # aside with the reason, every other schedule goes on.
+                    # aside with the reason, every other schedule goes on. It fired nothing.
+                    schedule.last_fired_at, schedule.missed_fires = fired_before
                     _set_aside(schedule, exc)
                     continue
                 schedule.invalid_reason = ""

@@ -185,22 +185,29 @@ def retry(workflow_run: Any, *, by: str = "") -> None:
                 f"Workflow run {locked.pk} is {locked.state}: only a failed or cancelled one can be retried.",
                 locked.state,
             )
-        current = latest_runs(locked.pk)
-        again = {key for key, run in current.items() if run.state in (S.FAILED, S.CANCELLED, S.SKIPPED)}
-        downstream = {step["key"]: [s["key"] for s in locked.steps if step["key"] in s["depends_on"]]
-                      for step in locked.steps}  # fmt: skip
-        pending = list(again)
-        while pending:
-            for child in downstream[pending.pop()]:
-                if child not in again:
-                    again.add(child)
-                    pending.append(child)
+        again = steps_to_retry(locked)
         now = timezone.now()
         _create_step_runs(locked, [s for s in locked.steps if s["key"] in again], by=by, now=now)
         locked.state, locked.finished_at = WorkflowState.RUNNING, None
         locked.save(update_fields=["state", "finished_at"])
         transaction.on_commit(lambda: advance(locked.pk))
     workflow_run.refresh_from_db()
+
+
+def steps_to_retry(workflow_run: Any) -> set[str]:
+    """The keys of the steps a retry runs again: the failed, cancelled and skipped ones,
+    with everything downstream of them."""
+    states = {run.step: run.state for run in latest_runs(workflow_run.pk).values()}
+    again = {key for key, state in states.items() if state in (S.FAILED, S.CANCELLED, S.SKIPPED)}
+    downstream = {step["key"]: [s["key"] for s in workflow_run.steps if step["key"] in s["depends_on"]]
+                  for step in workflow_run.steps}  # fmt: skip
+    pending = list(again)
+    while pending:
+        for child in downstream[pending.pop()]:
+            if child not in again:
+                again.add(child)
+                pending.append(child)
+    return again
 
 
 def upstream_results(run: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from django.contrib.auth.models import User
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, RunEvent, RunLog
 
+T = "2026-01-01T00:00:00Z"
+
 
 @pytest.fixture
 def admin_client(client, db):
@@ -269,3 +271,49 @@ def test_the_admin_never_shows_an_api_token_in_clear(admin_client, db) -> None:
     assert not Token.objects.filter(key=key).exists()
     history = admin_client.get("/admin/").content.decode()
     assert key not in history
+
+
+def test_admin_controls_on_rows_that_cannot_fire_say_why(admin_client, task, make_task, broker) -> None:
+    from tasks_app.models import Schedule, Task, Workflow, WorkflowRun
+
+    schedule = Schedule.objects.create(task=task, interval_seconds=60)
+    Schedule.objects.filter(pk=schedule.pk).update(kwargs=[1, 2])  # written past validation
+    step = {"key": "a", "task": "soon-renamed", "kwargs": {}, "depends_on": [], "trigger_rule": "all_success"}
+    renamed = make_task(name="soon-renamed")
+    workflow = Workflow.objects.create(name="flow", steps=[step])
+    workflow_run = WorkflowRun.objects.create(workflow=workflow, steps=[step], state="failed")
+    Run.objects.create(task=renamed, workflow_run=workflow_run, step="a", state="failed", finished_at=T)
+    Task.objects.filter(pk=renamed.pk).update(name="renamed-by-sql")  # the steps name nothing now
+
+    for url, action, pk in [
+        ("schedule", "trigger", schedule.pk),
+        ("workflow", "start", workflow.pk),
+        ("workflowrun", "retry", workflow_run.pk),
+    ]:
+        data = {"action": action, "_selected_action": [pk]}
+        page = admin_client.post(f"/admin/tasks_app/{url}/", data, follow=True).content.decode()
+        assert "no longer exist" in page or "kwargs must be" in page, url
+    assert Run.objects.count() == 1
+
+
+def test_an_admin_edit_is_checked_against_the_row_as_it_is_now(admin_client, api, task) -> None:
+    from tasks_app.models import Schedule
+    from tests.test_api_versions import _Form
+
+    schedule = Schedule.objects.create(task=task, cron="* * * * *")
+    form = _Form()
+    form.feed(admin_client.get(f"/admin/tasks_app/schedule/{schedule.pk}/change/").content.decode())
+    # Meanwhile the API switches it to an interval:
+    assert (
+        api.patch(f"/api/v1/schedules/{schedule.pk}/", {"interval_seconds": 60}, format="json").status_code
+        == 200
+    )
+
+    page = admin_client.post(
+        f"/admin/tasks_app/schedule/{schedule.pk}/change/", {**form.values, "cron": "*/5 * * * *"}
+    )
+
+    assert page.status_code == 200  # the form again, with the problem
+    assert "exactly one of cron" in page.content.decode()
+    schedule.refresh_from_db()
+    assert (schedule.cron, schedule.interval_seconds) == ("", 60)

@@ -230,3 +230,88 @@ def test_each_user_has_a_throttle_of_their_own(api, client_with, task, broker, s
     assert api.post(URL, {"task": "noop"}, format="json").status_code == 201
     assert api.post(URL, {"task": "noop"}, format="json").status_code == 429
     assert other.post(URL, {"task": "noop"}, format="json").status_code == 201
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"run_at": "9999-12-31T23:00:00Z", "timezone": "Pacific/Kiritimati"},
+        {"interval_seconds": 60, "start_at": "9999-12-31T00:00:00Z"},
+        {"interval_seconds": 60, "end_at": "0001-01-01T00:00:00Z"},
+    ],
+)
+def test_instants_near_the_end_of_the_calendar_are_a_400(api, task, body) -> None:
+    from tasks_app.models import Schedule
+
+    response = api.post("/api/v1/schedules/", {"task": "noop", **body}, format="json")
+    assert response.status_code == 400, response.data
+    assert not Schedule.objects.exists()
+
+
+def test_a_stored_instant_near_the_end_of_the_calendar_still_reads(api, task) -> None:
+    import datetime as dt
+
+    from tasks_app.models import Schedule
+
+    schedule = Schedule.objects.create(task=task, interval_seconds=60)
+    far = dt.datetime(9999, 12, 31, 23, tzinfo=dt.UTC)
+    Schedule.objects.filter(pk=schedule.pk).update(
+        interval_seconds=None, run_at=far, timezone="Pacific/Kiritimati"
+    )
+    assert api.get("/api/v1/schedules/").status_code == 200
+    assert api.get(f"/api/v1/schedules/{schedule.pk}/").data["next_runs"] == []
+
+
+@pytest.mark.parametrize("instant", ["9999-12-31T23:00:00-14:00", "0001-01-01T00:00:00+14:00"])
+def test_a_date_filter_past_the_calendar_is_a_400(api, instant) -> None:
+    from urllib.parse import quote
+
+    for name in ("created_after", "created_before"):
+        response = api.get(f"{URL}?{name}={quote(instant)}")
+        assert response.status_code == 400, response.content
+        assert name in response.data
+
+
+def test_a_workflow_retry_counts_the_runs_it_makes(api, task, broker, settings) -> None:
+    from tasks_app.models import Workflow, WorkflowRun
+
+    settings.SUBMIT_THROTTLE_RATE = "1/min"
+    steps = [{"key": k, "task": "noop", "kwargs": {}, "depends_on": [], "trigger_rule": "all_success"}
+             for k in "ab"]  # fmt: skip
+    workflow = Workflow.objects.create(name="two", steps=steps)
+    workflow_run = WorkflowRun.objects.create(workflow=workflow, steps=steps, state="failed")
+    for key in "ab":
+        Run.objects.create(
+            task=task, workflow_run=workflow_run, step=key, state="failed", finished_at="2026-01-01T00:00Z"
+        )
+
+    response = api.post(f"/api/v1/workflow-runs/{workflow_run.pk}/retry/")
+
+    assert response.status_code == 429
+    assert Run.objects.count() == 2 and WorkflowRun.objects.get().state == "failed"
+
+
+def test_renaming_a_task_that_workflows_name_is_refused(api, task) -> None:
+    from tasks_app.models import Task, Workflow
+
+    step = {"key": "a", "task": "noop", "kwargs": {}, "depends_on": [], "trigger_rule": "all_success"}
+    Workflow.objects.create(name="nightly", steps=[step])
+    response = api.patch("/api/v1/tasks/noop/", {"name": "renamed"}, format="json")
+    assert response.status_code == 400
+    assert "nightly" in str(response.data["name"])
+    assert Task.objects.filter(name="noop").exists()
+    assert api.patch("/api/v1/tasks/noop/", {"name": "noop", "priority": 2}, format="json").status_code == 200
+
+
+def test_editing_a_workflow_has_its_set_aside_schedules_looked_at_again(api, make_task, broker) -> None:
+    from tasks_app.models import Schedule, Workflow
+    from tasks_app.models.schedules import RECOMPUTE
+
+    make_task(name="other")
+    step = {"key": "a", "task": "other", "kwargs": {}, "depends_on": [], "trigger_rule": "all_success"}
+    workflow = Workflow.objects.create(name="flow", steps=[step])
+    schedule = Schedule.objects.create(workflow=workflow, interval_seconds=60)
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=None, invalid_reason="The workflow names ...")
+
+    assert api.patch("/api/v1/workflows/flow/", {"description": "mended"}, format="json").status_code == 200
+    assert Schedule.objects.get(pk=schedule.pk).next_fire_at == RECOMPUTE

@@ -46,12 +46,13 @@ def port() -> Iterator[int]:
 @pytest.mark.parametrize(
     "address",
     ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-     "224.0.0.251", "255.255.255.255", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "ff02::1", "::"],
+     "224.0.0.251", "255.255.255.255", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "ff02::1", "::",
+     "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "::7f00:1", "2001:0:4136:e378:8000:63bf:f5ff:fffe"],
 )  # fmt: skip
 def test_non_public_addresses_are_refused_unless_the_allowlist_names_them(address) -> None:
     with pytest.raises(PermissionError, match="non-public"):
         outbound.Allowlist.parse(["example.org"]).check_address("example.org", ipaddress.ip_address(address))
-    network = "::/0" if ":" in address and "ffff" not in address else "0.0.0.0/0"
+    network = "0.0.0.0/0" if "." in address or address.startswith("::ffff") else "::/0"
     outbound.Allowlist.parse([network]).check_address("example.org", ipaddress.ip_address(address))
 
 

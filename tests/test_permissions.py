@@ -151,3 +151,28 @@ def test_the_view_permissions_cover_every_model_the_api_shows() -> None:
     assert set(VIEW_PERMISSIONS) == {
         "view_task", "view_run", "view_schedule", "view_workflow", "view_workflowrun", "view_worker",
     }  # fmt: skip
+
+
+def test_what_makes_a_workflow_schedule_fire_needs_add_workflowrun(client_with, world) -> None:
+    everything_else = {p.codename for p in Permission.objects.filter(content_type__app_label="tasks_app")}
+    client = client_with(*(everything_else - {"add_workflowrun"}))
+    flow = Schedule.objects.create(
+        workflow=Workflow.objects.get(name="flow"), interval_seconds=60, enabled=False
+    )
+    before = written()
+
+    created = client.post("/api/v1/schedules/", {"workflow": "flow", "interval_seconds": 60}, format="json")
+    switched = client.patch(f"/api/v1/schedules/{world['schedule']}/", {"workflow": "flow"}, format="json")
+    fired = client.post(f"/api/v1/schedules/{flow.pk}/trigger/")
+    resumed = client.post(f"/api/v1/schedules/{flow.pk}/resume/")
+
+    assert [r.status_code for r in (created, switched, fired, resumed)] == [403, 403, 403, 403]
+    assert written() == before
+    # A schedule of a task needs no more than before.
+    assert client.post(f"/api/v1/schedules/{world['schedule']}/trigger/").status_code == 201
+
+
+def test_the_api_root_lists_its_links_to_signed_in_users(anonymous, stranger, reader) -> None:
+    assert anonymous.get("/api/v1/").status_code == 401
+    assert reader.get("/api/v1/").status_code == 200
+    assert "runs" in reader.get("/api/v1/").data

@@ -240,6 +240,7 @@ def test_a_row_made_invalid_in_the_database_is_set_aside_and_every_other_schedul
     broken.refresh_from_db()
     assert broken.next_fire_at is None
     assert reason in broken.invalid_reason
+    assert (broken.last_fired_at, fired_for(broken)) == (None, [])  # it fired nothing
     listed = api.get("/api/v1/schedules/")
     assert listed.status_code == 200
     shown = {s["id"]: s for s in listed.data["results"]}[broken.pk]

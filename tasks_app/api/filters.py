@@ -1,16 +1,39 @@
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import django_filters
+from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
 
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, WorkflowRun, WorkflowState
 
 
+class UtcDateTimeField(IsoDateTimeField):
+    """An ISO 8601 instant, in UTC: 9999-12-31T23:00:00-14:00 parses, then overflowed in
+    the database adapter's own conversion (a 500)."""
+
+    def to_python(self, value: Any) -> dt.datetime | None:
+        instant = super().to_python(value)
+        if instant is None:
+            return None
+        try:
+            return instant.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValidationError("Out of the range of dates.", code="overflow") from None
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcDateTimeField
+
+
 class RunFilter(django_filters.FilterSet):
     task = django_filters.CharFilter(field_name="task__name")
     state = django_filters.MultipleChoiceFilter(choices=RunState.choices)
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
     schedule = django_filters.NumberFilter(field_name="schedule_id")
     workflow_run = django_filters.NumberFilter(field_name="workflow_run_id")
 

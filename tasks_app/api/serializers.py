@@ -48,6 +48,15 @@ class TaskSerializer(FieldsSentOnly, serializers.ModelSerializer):
         fields = [*Task.EDITABLE_FIELDS, "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
 
+    def validate_name(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.name:
+            naming = self.instance.workflows_naming_it()
+            if naming:  # steps name their tasks: a rename would leave them naming nothing
+                raise serializers.ValidationError(
+                    f"Workflow(s) {', '.join(naming)} name this task; change their steps before renaming it."
+                )
+        return value
+
     def validate_handler(self, value: str) -> str:
         if handlers.find(value) is None:
             known = ", ".join(h.name for h in handlers.all_handlers())
@@ -238,7 +247,7 @@ class ScheduleSerializer(FieldsSentOnly, serializers.ModelSerializer):
         try:
             tz = timing.zone(schedule.timezone)
             return [fire.astimezone(tz).isoformat() for fire in schedule.upcoming(5)]
-        except timing.InvalidSchedule:  # written past validation
+        except (timing.InvalidSchedule, OverflowError):  # written past validation
             return []
 
 

@@ -43,11 +43,18 @@ class SubmitThrottle:
         ident = request.user.pk if request.user and request.user.is_authenticated else "anonymous"
         key = f"throttle:submit:{ident}:{current}"
         self.cache.add(key, 0, timeout=2 * window)
-        counted = self.cache.incr(key, runs)
+        try:
+            counted = self.cache.incr(key, runs)
+        except ValueError:  # the key went between the two (a flush, an eviction): start it again
+            self.cache.set(key, runs, timeout=2 * window)
+            counted = runs
         previous = self.cache.get(f"throttle:submit:{ident}:{current - 1}", 0)
         overlap = 1 - (now - current * window) / window
         if counted + previous * overlap > limit:
-            self.cache.decr(key, runs)
+            try:
+                self.cache.decr(key, runs)
+            except ValueError:
+                pass  # gone meanwhile: nothing left to give back
             wait = window - (now - current * window)
             if runs > limit:
                 raise Throttled(

@@ -15,7 +15,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -109,6 +109,13 @@ class TaskViewSet(VersionedEdits, viewsets.ModelViewSet):
                 f"Task {instance.name!r} is used by {', '.join(used_by)}; change or delete them first."
             )
         instance.delete()
+
+
+def _may_start_workflow_runs(request: Request, workflow: Workflow | None) -> None:
+    """A schedule of a workflow starts workflow runs: what makes it fire needs add_workflowrun
+    too, as a start does (a schedule of a task needs add_run alone)."""
+    if workflow is not None and not request.user.has_perm("tasks_app.add_workflowrun"):
+        raise PermissionDenied("A schedule of a workflow starts workflow runs: this needs add_workflowrun.")
 
 
 def _ensure_enabled(task: Task, where: str = "") -> None:
@@ -222,11 +229,14 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
         return Schedule.objects.select_related("task", "workflow")
 
     def perform_create(self, serializer: ScheduleSerializer) -> None:
+        _may_start_workflow_runs(self.request, serializer.validated_data.get("workflow"))
         with transaction.atomic():
             schedule = serializer.save()
             scheduling.mirror(schedule)
 
     def perform_update(self, serializer: ScheduleSerializer) -> None:
+        workflow = serializer.validated_data.get("workflow", serializer.instance.workflow)
+        _may_start_workflow_runs(self.request, workflow)
         with transaction.atomic():
             schedule = serializer.save()
             scheduling.mirror(schedule)
@@ -239,6 +249,8 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
 
     def _set_enabled(self, enabled: bool) -> Response:
         schedule = self.get_object()
+        if enabled:
+            _may_start_workflow_runs(self.request, schedule.workflow)
         if not scheduling.set_enabled(schedule, enabled):
             raise Conflict(f"Schedule {schedule.pk} is already {'enabled' if enabled else 'paused'}.")
         return Response(ScheduleSerializer(schedule).data)
@@ -267,6 +279,7 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
         schedule = self.get_object()
         if schedule.task_id:
             _ensure_enabled(schedule.task)
+        _may_start_workflow_runs(request, schedule.workflow)
         SubmitThrottle().take(request, schedule.workflow.runs_per_start if schedule.workflow_id else 1)
         fired = scheduling.fire_now(schedule, by=actor_name(request))
         serializer = WorkflowRunSerializer if schedule.workflow_id else RunSerializer
@@ -301,6 +314,10 @@ class WorkflowViewSet(VersionedEdits, viewsets.ModelViewSet):
     lookup_value_regex = "[^/]+"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     action_permissions = {"runs": ("view_workflow", "add_workflowrun", "add_run")}
+
+    def perform_update(self, serializer: WorkflowSerializer) -> None:
+        workflow = serializer.save()
+        Schedule.objects.filter(workflow=workflow).look_again()  # the edit may mend what set them aside
 
     def perform_destroy(self, instance: Workflow) -> None:
         if instance.runs.filter(state=WorkflowState.RUNNING).exists():
@@ -341,6 +358,9 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @extend_schema(request=None, responses=WorkflowRunSerializer)
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
+        again = len(workflows.steps_to_retry(self.get_object()))
+        if again:  # a new run of each
+            SubmitThrottle().take(request, again)
         return self._control(request, workflows.retry)
 
 

@@ -5,6 +5,20 @@ import tasks_app.models.tasks
 from django.db import migrations, models
 
 
+def rename_reserved_queues(apps, schema_editor):
+    """Tasks already on a queue the brokers reserve (the constraint below would refuse the
+    migration) move to "q-<name>-q": start a worker on that queue to run them again."""
+    Task = apps.get_model("tasks_app", "Task")
+    reserved = models.Q(queue__in=("unacked", "unacked_index", "unacked_mutex"))
+    for prefix in ("amq.", "celeryev"):
+        reserved |= models.Q(queue__istartswith=prefix)
+    reserved |= models.Q(queue__iendswith=".pidbox")
+    for task in Task.objects.filter(reserved):
+        renamed = f"q-{task.queue[:96]}-q"
+        print(f"\n  task {task.name!r}: queue {task.queue!r} is reserved by the broker; renamed {renamed!r}")
+        Task.objects.filter(pk=task.pk).update(queue=renamed)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -17,6 +31,7 @@ class Migration(migrations.Migration):
             name='queue',
             field=models.CharField(default='default', max_length=100, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9][A-Za-z0-9_.:-]*$', 'Use letters, digits and . _ : - (starting with a letter or digit).'), tasks_app.models.tasks.validate_queue]),
         ),
+        migrations.RunPython(rename_reserved_queues, migrations.RunPython.noop),
         migrations.AddConstraint(
             model_name='task',
             constraint=models.CheckConstraint(condition=models.Q(('queue__in', ('unacked', 'unacked_index', 'unacked_mutex')), ('queue__startswith', 'amq.'), ('queue__startswith', 'celeryev'), ('queue__endswith', '.pidbox'), _connector='OR', _negated=True), name='task_queue_not_reserved'),

@@ -16,6 +16,10 @@ from tasks_app.querysets import ScheduleQuerySet
 RECOMPUTE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 KINDS = ("cron", "interval_seconds", "run_at")
 INTERVAL_MAX = 2**31 - 1
+# Instants a schedule may name: far enough from datetime's ends that no time zone's offset
+# and no fire after them overflows it.
+EARLIEST_INSTANT = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST_INSTANT = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 def timing_problems(values: dict[str, Any]) -> dict[str, str]:
@@ -39,6 +43,10 @@ def timing_problems(values: dict[str, Any]) -> dict[str, str]:
     interval = values.get("interval_seconds")
     if interval is not None and not 1 <= interval <= INTERVAL_MAX:
         problems["interval_seconds"] = f"Must be from 1 to {INTERVAL_MAX} seconds."
+    for field in ("run_at", "start_at", "end_at"):
+        instant = values.get(field)
+        if instant is not None and not EARLIEST_INSTANT <= instant <= LATEST_INSTANT:
+            problems[field] = f"Must be from {EARLIEST_INSTANT.year} to {LATEST_INSTANT.year}."
     start, end = values.get("start_at"), values.get("end_at")
     if start and end and end <= start:
         problems["end_at"] = "Must be after start_at."

@@ -127,16 +127,20 @@ class Task(models.Model):
 
     def used_by(self) -> list[str]:
         """What fires this task and would be left without it: its schedules and workflows."""
+        schedules = [f"schedule {pk}" for pk in self.schedules.order_by("pk").values_list("pk", flat=True)]
+        return schedules + [f"workflow {name}" for name in self.workflows_naming_it()]
+
+    def workflows_naming_it(self, name: str | None = None) -> list[str]:
+        """The workflows whose steps name this task (by `name`, its stored name by default)."""
         from tasks_app.models.workflows import Workflow  # a sibling model module, not a cycle
 
-        schedules = [f"schedule {pk}" for pk in self.schedules.order_by("pk").values_list("pk", flat=True)]
-        # Workflows name their steps' tasks inside JSON; read them here, which works on SQLite too.
-        workflows = [
-            f"workflow {name}"
-            for name, steps in Workflow.objects.order_by("name").values_list("name", "steps")
-            if any(isinstance(step, dict) and step.get("task") == self.name for step in steps or [])
+        name = name or Task.objects.values_list("name", flat=True).get(pk=self.pk)
+        # Steps name their tasks inside JSON; read them here, which works on SQLite too.
+        return [
+            workflow
+            for workflow, steps in Workflow.objects.order_by("name").values_list("name", "steps")
+            if isinstance(steps, list) and any(isinstance(s, dict) and s.get("task") == name for s in steps)
         ]
-        return schedules + workflows
 
     def retry_delay(self, retries_done: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number `retries_done + 1`: exponential, capped, jittered."""
