@@ -196,7 +196,10 @@ class Interval:
         fires, current = [], self.next_after(after)
         while current is not None and current <= until and len(fires) < limit:
             fires.append(current)
-            current = self.next_after(current)
+            try:
+                current += self.step
+            except OverflowError:  # past the year 9999: no more fires
+                break
         return fires
 
 
