@@ -77,12 +77,9 @@ class TaskForm(SeenValuesForm):
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"]
-        if self.instance.pk and name != self.instance.name:
-            naming = self.instance.workflows_naming_it()
-            if naming:
-                raise forms.ValidationError(
-                    f"Workflow(s) {', '.join(naming)} name this task; change their steps before renaming it."
-                )
+        problem = self.instance.rename_problem(name)  # the instance still holds the stored name here
+        if problem:
+            raise forms.ValidationError(problem)
         return name
 
 

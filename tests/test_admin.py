@@ -317,3 +317,18 @@ def test_an_admin_edit_is_checked_against_the_row_as_it_is_now(admin_client, api
     assert "exactly one of cron" in page.content.decode()
     schedule.refresh_from_db()
     assert (schedule.cron, schedule.interval_seconds) == ("", 60)
+
+
+def test_renaming_in_the_admin_a_task_that_workflows_name_is_refused(admin_client, task) -> None:
+    from tasks_app.models import Task, Workflow
+    from tests.test_api_versions import _Form
+
+    step = {"key": "a", "task": "noop", "kwargs": {}, "depends_on": [], "trigger_rule": "all_success"}
+    Workflow.objects.create(name="nightly", steps=[step])
+    form = _Form()
+    form.feed(admin_client.get(f"/admin/tasks_app/task/{task.pk}/change/").content.decode())
+
+    page = admin_client.post(f"/admin/tasks_app/task/{task.pk}/change/", {**form.values, "name": "renamed"})
+
+    assert page.status_code == 200 and "nightly" in page.content.decode()
+    assert Task.objects.get(pk=task.pk).name == "noop"

@@ -49,12 +49,9 @@ class TaskSerializer(FieldsSentOnly, serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
     def validate_name(self, value: str) -> str:
-        if self.instance is not None and value != self.instance.name:
-            naming = self.instance.workflows_naming_it()
-            if naming:  # steps name their tasks: a rename would leave them naming nothing
-                raise serializers.ValidationError(
-                    f"Workflow(s) {', '.join(naming)} name this task; change their steps before renaming it."
-                )
+        problem = self.instance.rename_problem(value) if self.instance is not None else ""
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
     def validate_handler(self, value: str) -> str:

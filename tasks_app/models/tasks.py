@@ -130,17 +130,25 @@ class Task(models.Model):
         schedules = [f"schedule {pk}" for pk in self.schedules.order_by("pk").values_list("pk", flat=True)]
         return schedules + [f"workflow {name}" for name in self.workflows_naming_it()]
 
-    def workflows_naming_it(self, name: str | None = None) -> list[str]:
-        """The workflows whose steps name this task (by `name`, its stored name by default)."""
+    def workflows_naming_it(self) -> list[str]:
+        """The workflows whose steps name this task."""
         from tasks_app.models.workflows import Workflow  # a sibling model module, not a cycle
 
-        name = name or Task.objects.values_list("name", flat=True).get(pk=self.pk)
         # Steps name their tasks inside JSON; read them here, which works on SQLite too.
         return [
             workflow
             for workflow, steps in Workflow.objects.order_by("name").values_list("name", "steps")
-            if isinstance(steps, list) and any(isinstance(s, dict) and s.get("task") == name for s in steps)
+            if isinstance(steps, list)
+            and any(isinstance(s, dict) and s.get("task") == self.name for s in steps)
         ]
+
+    def rename_problem(self, new_name: str) -> str:
+        """Why this task may not be renamed to `new_name`, or "": the steps that name it
+        would name nothing."""
+        naming = self.workflows_naming_it() if self.pk and new_name != self.name else []
+        if naming:
+            return f"Workflow(s) {', '.join(naming)} name this task; change their steps before renaming it."
+        return ""
 
     def retry_delay(self, retries_done: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number `retries_done + 1`: exponential, capped, jittered."""
