@@ -21,7 +21,7 @@ from rest_framework.authtoken.models import TokenProxy
 from tasks_app import handlers, scheduling, workflows
 from tasks_app.lifecycle import Actor, InvalidTransition
 from tasks_app.models import ApiToken, Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
-from tasks_app.models.schedules import timing_problems
+from tasks_app.models.schedules import schedule_problems
 from tasks_app.models.workflows import InvalidWorkflow, validate_steps
 from tasks_app.querysets import RunRequest
 from tasks_app.timing import InvalidSchedule
@@ -247,9 +247,7 @@ class ScheduleForm(SeenValuesForm):
             data_now = {**stored, **{field: data.get(field) for field in self.changed_data}}
         else:
             data_now = data
-        if (data_now.get("task") is None) == (data_now.get("workflow") is None):
-            self.add_error("task", "Give exactly one of task and workflow.")
-        for field, problem in timing_problems(data_now).items():
+        for field, problem in schedule_problems(data_now).items():
             self.add_error(field if field in self.fields else None, problem)
         return data
 

@@ -10,7 +10,7 @@ from rest_framework import serializers
 from tasks_app import handlers, timing
 from tasks_app.api.versions import FieldsSentOnly
 from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
-from tasks_app.models.schedules import KINDS, timing_problems
+from tasks_app.models.schedules import KINDS, schedule_problems, timing_problems
 from tasks_app.models.tasks import PRIORITY_MAX, name_validator
 from tasks_app.models.workflows import InvalidWorkflow, validate_steps
 from tasks_app.querysets import RunRequest
@@ -217,16 +217,12 @@ class ScheduleSerializer(FieldsSentOnly, serializers.ModelSerializer):
                 attrs["workflow"] = None
             if attrs.get("workflow") and "task" not in attrs:
                 attrs["task"] = None
-        task = attrs.get("task", getattr(self.instance, "task", None))
-        workflow = attrs.get("workflow", getattr(self.instance, "workflow", None))
-        if (task is None) == (workflow is None):
-            raise serializers.ValidationError({"task": "Give exactly one of task and workflow."})
         given = [kind for kind in KINDS if attrs.get(kind) not in (None, "")]
         if self.instance is not None and len(given) == 1:
             # Setting one kind on an existing schedule switches it to that kind.
             attrs.update({kind: ("" if kind == "cron" else None) for kind in KINDS if kind not in given})
         current = {field: getattr(self.instance, field, None) for field in Schedule.EDITABLE_FIELDS}
-        problems = timing_problems({**current, **attrs} if self.instance is not None else attrs)
+        problems = schedule_problems({**current, **attrs} if self.instance is not None else attrs)
         if problems:
             raise serializers.ValidationError(problems)
         return attrs

@@ -53,6 +53,15 @@ def timing_problems(values: dict[str, Any]) -> dict[str, str]:
     return problems
 
 
+def schedule_problems(values: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with a schedule as it would be stored, by field: what it fires, and
+    its timing (timing_problems). Empty when nothing is."""
+    problems = timing_problems(values)
+    if (values.get("task") is None) == (values.get("workflow") is None):
+        problems["task"] = "Give exactly one of task and workflow."
+    return problems
+
+
 class MisfirePolicy(models.TextChoices):
     SKIP = "skip", "fire nothing for instants missed while no scheduler ran"
     RUN_ONCE = "run_once", "fire one run now for all the missed instants"
