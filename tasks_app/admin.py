@@ -271,9 +271,7 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
         if obj.workflow_id and not self.has_start_permission(request):
-            raise PermissionDenied(
-                "A schedule of a workflow starts workflow runs: this needs add_workflowrun."
-            )
+            raise PermissionDenied(NEEDS_ADD_WORKFLOWRUN)
         super().save_model(request, obj, form, change)
         scheduling.mirror(obj)
 
@@ -283,9 +281,7 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
 
     def _may_fire(self, request: HttpRequest, schedule: Schedule) -> bool:
         if schedule.workflow_id and not self.has_start_permission(request):
-            self.message_user(
-                request, f"{schedule}: starting workflow runs needs add_workflowrun.", messages.WARNING
-            )
+            self.message_user(request, f"{schedule}: {NEEDS_ADD_WORKFLOWRUN}", messages.WARNING)
             return False
         return True
 
