@@ -183,8 +183,9 @@ def submit_platform(runs: int) -> dict[str, Any]:
     django.setup()
     from django.db import connection
 
+    from tasks_app import submission
     from tasks_app.models import Run, RunEvent, Task
-    from tasks_app.querysets import RunRequest
+    from tasks_app.submission import RunRequest
 
     with connection.cursor() as cursor:
         cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
@@ -194,7 +195,7 @@ def submit_platform(runs: int) -> dict[str, Any]:
     task, _ = Task.objects.get_or_create(name="bench-noop", defaults={"handler": "builtin.noop"})
     start = time.perf_counter()
     for first in range(0, runs, CHUNK):
-        Run.objects.submit_many(
+        submission.submit_many(
             [RunRequest(task=task, kwargs={"i": i}) for i in range(first, min(runs, first + CHUNK))]
         )
     submitted = time.perf_counter()

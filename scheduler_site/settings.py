@@ -255,7 +255,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"RunStateEnum": "tasks_app.lifecycle.RunState"},
+    "ENUM_NAME_OVERRIDES": {
+        "RunStateEnum": "tasks_app.choices.RunState",
+        "WorkflowStateEnum": "tasks_app.choices.WorkflowState",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "tasks_app.api.schema.document_errors",  # the 4xx and 503 answers of every operation

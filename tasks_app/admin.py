@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -18,12 +19,25 @@ from django.utils.safestring import mark_safe
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
-from tasks_app import handlers, scheduling, workflows
-from tasks_app.lifecycle import Actor, InvalidTransition
-from tasks_app.models import ApiToken, Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
+from tasks_app import controls, definitions, handlers, submission, workflows
+from tasks_app.choices import Actor, RunState, RunTrigger
+from tasks_app.definitions import InUse, validate_steps
+from tasks_app.lifecycle import InvalidTransition
+from tasks_app.models import (
+    ApiToken,
+    Run,
+    RunEvent,
+    RunLog,
+    Schedule,
+    Task,
+    Worker,
+    Workflow,
+    WorkflowRun,
+    WorkflowRunEvent,
+)
 from tasks_app.models.schedules import schedule_problems
-from tasks_app.models.workflows import InvalidWorkflow, validate_steps
-from tasks_app.querysets import RunRequest
+from tasks_app.models.workflows import InvalidWorkflow
+from tasks_app.submission import RunRequest
 from tasks_app.timing import InvalidSchedule
 
 NEEDS_ADD_WORKFLOWRUN = "a schedule of a workflow starts workflow runs: this needs add_workflowrun."
@@ -92,13 +106,29 @@ class TaskAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
     actions = ["run_now"]
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
-        # Schedules protect their task (on_delete=PROTECT); workflows name it in their steps.
+        # Schedules protect their task (on_delete=PROTECT); workflows name it in their steps;
+        # unfinished runs hold it: the same rule as the API's (definitions.delete_problem).
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         protected = [
             *protected,
             *(used for task in objs for used in task.used_by() if used.startswith("workflow")),
+            *(
+                f"{count} unfinished run(s) of {task}"
+                for task in objs
+                if (count := task.runs.active().count())
+            ),
         ]
         return deleted, counts, perms_needed, protected
+
+    def delete_model(self, request: HttpRequest, obj: Task) -> None:
+        self.delete_queryset(request, Task.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        for task in queryset:
+            try:
+                definitions.delete_task(task)
+            except InUse as exc:  # a run started since the confirmation page
+                self.message_user(request, str(exc), messages.WARNING)
 
     @admin.action(description="Run now", permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
@@ -106,8 +136,8 @@ class TaskAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
         if not tasks:
             self.message_user(request, "No enabled task was selected.", messages.WARNING)
             return
-        runs = Run.objects.submit_many(
-            [RunRequest(task=task, trigger="manual") for task in tasks],
+        runs = submission.submit_many(
+            [RunRequest(task=task, trigger=RunTrigger.MANUAL) for task in tasks],
             by=request.user.get_username(),
         )
         self.message_user(request, f"Submitted {len(runs)} run(s): {', '.join(str(r.pk) for r in runs)}.")
@@ -137,12 +167,12 @@ class RunLogInline(ReadOnlyInline):
     readonly_fields = fields
 
 
-def _control(method: str, description: str) -> Callable[..., None]:
+def _control(control: Callable[..., None], description: str) -> Callable[..., None]:
     def act(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         done, refused = 0, []
         for run in queryset.select_related("task"):
             try:
-                getattr(run, method)(by=request.user.get_username(), actor=Actor.USER)
+                control(run, by=request.user.get_username(), actor=Actor.USER)
                 done += 1
             except InvalidTransition as exc:
                 refused.append(str(exc))
@@ -151,7 +181,7 @@ def _control(method: str, description: str) -> Callable[..., None]:
         for reason in refused[:10]:
             modeladmin.message_user(request, reason, messages.WARNING)
 
-    act.__name__ = method
+    act.__name__ = control.__name__
     return admin.action(description=f"{description} selected runs", permissions=["change"])(act)
 
 
@@ -180,10 +210,10 @@ class RunAdmin(admin.ModelAdmin):
     list_select_related = ["task"]
     inlines = [RunEventInline, RunLogInline]
     actions = [
-        _control("cancel", "Cancel"),
-        _control("pause", "Pause"),
-        _control("resume", "Resume"),
-        _control("retry", "Retry"),
+        _control(controls.cancel, "Cancel"),
+        _control(controls.pause, "Pause"),
+        _control(controls.resume, "Resume"),
+        _control(controls.retry, "Retry"),
     ]
     readonly_fields = [
         "task",
@@ -194,7 +224,7 @@ class RunAdmin(admin.ModelAdmin):
         "priority",
         "attempt",
         "retries",
-        "dispatches",
+        "message_number",
         "idempotency_key",
         "schedule",
         "scheduled_for",
@@ -260,7 +290,7 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
     list_filter = ["enabled", "misfire_policy", "task"]
     list_select_related = ["task"]
     readonly_fields = ["invalid_reason", "next_fire_at", "last_fired_at", "periodic_task"]
-    actions = ["pause", "resume", "trigger"]
+    actions = ["pause", "resume", "fire_now"]
 
     # A schedule makes runs: adding or changing one needs add_run as well.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -272,8 +302,9 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
         if obj.workflow_id and not self.has_start_permission(request):
             raise PermissionDenied(NEEDS_ADD_WORKFLOWRUN)
-        super().save_model(request, obj, form, change)
-        scheduling.mirror(obj)
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            definitions.mirror(obj)
 
     def has_start_permission(self, request: HttpRequest) -> bool:
         """What a schedule of a workflow needs besides: to start workflow runs."""
@@ -286,9 +317,10 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
         return True
 
     def delete_model(self, request: HttpRequest, obj: Schedule) -> None:
-        if obj.periodic_task_id:
-            obj.periodic_task.delete()
-        super().delete_model(request, obj)
+        definitions.delete_schedule(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        definitions.delete_schedules(queryset)
 
     def has_pause_permission(self, request: HttpRequest) -> bool:
         return super().has_change_permission(request)  # stopping fires makes no run
@@ -309,20 +341,20 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Schedule], enabled: bool) -> None:
         changed = sum(
-            scheduling.set_enabled(schedule, enabled)
+            definitions.set_enabled(schedule, enabled)
             for schedule in queryset
             if not enabled or self._may_fire(request, schedule)
         )
         self.message_user(request, f"{'Resumed' if enabled else 'Paused'} {changed} schedule(s).")
 
     @admin.action(description="Fire selected schedules now", permissions=["fire"])
-    def trigger(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+    def fire_now(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         fired = 0
         for schedule in queryset.select_related("task", "workflow"):
             if (schedule.task_id and not schedule.task.enabled) or not self._may_fire(request, schedule):
                 continue
             try:
-                scheduling.fire_now(schedule, by=request.user.get_username())
+                definitions.fire_now(schedule, by=request.user.get_username())
                 fired += 1
             except (InvalidSchedule, InvalidWorkflow) as exc:  # a row written past validation
                 self.message_user(request, f"{schedule}: {exc}", messages.WARNING)
@@ -350,7 +382,7 @@ class WorkflowAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Workflow, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        Schedule.objects.filter(workflow=obj).look_again()  # the edit may mend what set them aside
+        definitions.workflow_edited(obj)  # the edit may mend the schedules set aside
 
     def has_start_permission(self, request: HttpRequest) -> bool:
         return (
@@ -358,6 +390,23 @@ class WorkflowAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
             and self.has_run_permission(request)
             and request.user.has_perm("tasks_app.add_workflowrun")
         )
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        problems = [
+            problem for workflow in objs if (problem := definitions.workflow_delete_problem(workflow))
+        ]
+        return deleted, counts, perms_needed, [*protected, *problems]
+
+    def delete_model(self, request: HttpRequest, obj: Workflow) -> None:
+        self.delete_queryset(request, Workflow.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        for workflow in queryset:
+            try:
+                definitions.delete_workflow(workflow)
+            except InUse as exc:
+                self.message_user(request, str(exc), messages.WARNING)
 
     @admin.action(description="Start a run of the selected workflows", permissions=["start"])
     def start(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
@@ -430,6 +479,12 @@ def dag_svg(workflow_run: WorkflowRun) -> str:
     )  # fmt: skip
 
 
+class WorkflowRunEventInline(ReadOnlyInline):
+    model = WorkflowRunEvent
+    fields = ["at", "from_state", "to_state", "reason", "actor", "actor_name"]
+    readonly_fields = fields
+
+
 @admin.register(WorkflowRun)
 class WorkflowRunAdmin(MakesRuns, admin.ModelAdmin):
     list_display = ["id", "workflow", "state", "created_at", "finished_at", "created_by"]
@@ -438,6 +493,7 @@ class WorkflowRunAdmin(MakesRuns, admin.ModelAdmin):
     readonly_fields = ["workflow", "state", "dag", "created_by", "created_at", "started_at", "finished_at",
                        "schedule", "scheduled_for"]  # fmt: skip
     fields = readonly_fields
+    inlines = [WorkflowRunEventInline]
     actions = ["cancel", "retry"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -484,7 +540,7 @@ class WorkerAdmin(admin.ModelAdmin):
 
     @admin.display(description="active runs")
     def active_runs(self, worker: Worker) -> int:
-        return Run.objects.filter(state="running", worker=worker.hostname).count()
+        return Run.objects.filter(state=RunState.RUNNING, worker=worker.hostname).count()
 
 
 # DRF's token admin lists every key in clear; ours shows its first characters only. Tokens

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from django.apps import AppConfig
@@ -8,25 +7,18 @@ from django.db import connections
 from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
-# Migrations that create triggers (their TRIGGERS maps vendor -> statements).
-TRIGGER_MIGRATIONS = (
-    "0002_run_event_trigger",
-    "0004_schedule_timing_trigger",
-    "0012_schedule_mended_trigger",
-)
-
 
 def restore_sqlite_triggers(using: str = "default", **kwargs: Any) -> None:
     """SQLite drops a table's triggers when Django rebuilds the table for a later
     migration; put back any that went missing (MariaDB/MySQL keep them)."""
+    from tasks_app import db_triggers  # app loading: it reads models' constants
+
     connection = connections[using]
     if connection.vendor != "sqlite":
         return
     with connection.cursor() as cursor:
-        for name in TRIGGER_MIGRATIONS:
-            migration = importlib.import_module(f"tasks_app.migrations.{name}")
-            for statement in migration.TRIGGERS["sqlite"]:
-                cursor.execute(statement.replace("CREATE TRIGGER ", "CREATE TRIGGER IF NOT EXISTS ", 1))
+        for statement in db_triggers.statements("sqlite"):
+            cursor.execute(statement.replace("CREATE TRIGGER ", "CREATE TRIGGER IF NOT EXISTS ", 1))
 
 
 class TasksAppConfig(AppConfig):
@@ -34,8 +26,24 @@ class TasksAppConfig(AppConfig):
     verbose_name = "Tasks and runs"
 
     def ready(self) -> None:
-        # Register the built-in handlers, then every installed app's `handlers` module.
-        from tasks_app import builtin_handlers, recovery, retention  # noqa: F401 - registration, signals
+        # The wiring, here because models must be loaded first (app loading): what follows
+        # a move subscribes to lifecycle's hook; each handler gets its Celery task; the
+        # worker registry's and retention's signals and tasks are connected by import.
+        from tasks_app import (  # noqa: F401 - workers and retention connect by import
+            broker,
+            builtin_handlers,
+            concurrency,
+            execution,
+            handlers,
+            lifecycle,
+            retention,
+            workers,
+            workflows,
+        )
 
+        lifecycle.subscribe(concurrency.release_finished)
+        lifecycle.subscribe(workflows.advance_finished_steps)
+        lifecycle.subscribe(broker.revoke_cancelled)
+        handlers.on_register(execution.celery_task_for)
         autodiscover_modules("handlers")
         post_migrate.connect(restore_sqlite_triggers, sender=self)

@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING
 
-import redis
 from django.conf import settings
 from django.db import transaction
 
-from tasks_app import dispatch
-from tasks_app.lifecycle import ACTIVE_STATES, Actor, InvalidTransition, RunState
-from tasks_app.models.tasks import ConcurrencyPolicy
-
-if TYPE_CHECKING:
-    from tasks_app.models import Run
+from tasks_app import broker, lifecycle, redis_client
+from tasks_app.choices import ACTIVE_STATES, Actor, ConcurrencyPolicy, RunState
+from tasks_app.lifecycle import InvalidTransition, Move
+from tasks_app.models import Run
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +66,7 @@ def _value(run: Run) -> str:
 
 def holder_of(task_id: int) -> int | None:
     """The run id holding the task's lock, if any."""
-    value = dispatch.broker_client().get(_keys(task_id)[0])
+    value = redis_client.client().get(_keys(task_id)[0])
     return int(value.split(":", 1)[0]) if value else None
 
 
@@ -78,7 +74,7 @@ def holds(run: Run) -> bool:
     """Whether `run` may still finish: it holds its lock, or nobody took it over."""
     if not run.lock_token:
         return True
-    value = dispatch.broker_client().get(_keys(run.task_id)[0])
+    value = redis_client.client().get(_keys(run.task_id)[0])
     return value is None or value == _value(run)
 
 
@@ -89,7 +85,7 @@ def gate(runs: list[Run]) -> None:
             _gate_one(run)
         except InvalidTransition as exc:  # moved meanwhile (cancelled, ...): nothing to do
             logger.info("not gated: %s", exc)
-        except redis.RedisError:
+        except redis_client.Error:
             logger.exception("concurrency lock of run %s unavailable; it waits in created", run.pk)
 
 
@@ -103,8 +99,10 @@ def _gate_one(run: Run) -> None:
         _cancel(holder_id, by_run=run.pk)
         _send(run, fence, reason=f"replace: took over from run {holder_id}")
     elif policy == ConcurrencyPolicy.FORBID:
-        run.move(RunState.SKIPPED, only_from=frozenset({RunState.CREATED}),
-                 reason=f"forbid: run {holder_id} of this task is active", actor=Actor.SYSTEM)  # fmt: skip
+        why = f"forbid: run {holder_id} of this task is active"
+        lifecycle.move(
+            run, RunState.SKIPPED, only_from=frozenset({RunState.CREATED}), reason=why, actor=Actor.SYSTEM
+        )
     else:  # queue: waits in created; release() of the active run sends it
         logger.info("run %s queued behind run %s", run.pk, holder_id)
 
@@ -130,7 +128,7 @@ def _try_lock(run: Run) -> tuple[int, int | None]:
     """Take the task's lock for `run` under a new token: (the fence, None), or, when another
     run holds it, (0, that run's id) and no token."""
     run.lock_token = secrets.token_hex(16)
-    fence, holder = dispatch.broker_client().eval(_ACQUIRE, 2, *_keys(run.task_id), _value(run), _ttl_ms())
+    fence, holder = redis_client.client().eval(_ACQUIRE, 2, *_keys(run.task_id), _value(run), _ttl_ms())
     if fence:
         return fence, None
     run.lock_token = ""  # it holds nothing
@@ -140,11 +138,12 @@ def _try_lock(run: Run) -> tuple[int, int | None]:
 def _take_over(run: Run) -> int:
     """Take the task's lock for `run` whoever holds it (replace policy); returns the new fence."""
     run.lock_token = secrets.token_hex(16)
-    return dispatch.broker_client().eval(_TAKE_OVER, 2, *_keys(run.task_id), _value(run), _ttl_ms())
+    return redis_client.client().eval(_TAKE_OVER, 2, *_keys(run.task_id), _value(run), _ttl_ms())
 
 
 def _send(run: Run, fence: int, *, reason: str) -> None:
-    run.move(
+    lifecycle.move(
+        run,
         RunState.PENDING,
         only_from=frozenset({RunState.CREATED}),
         new_message=True,
@@ -154,38 +153,44 @@ def _send(run: Run, fence: int, *, reason: str) -> None:
         lock_token=run.lock_token,
         due_at=None,
     )
-    transaction.on_commit(lambda: dispatch.publish([run]))
+    transaction.on_commit(lambda: broker.publish([run]))
 
 
 def _cancel(run_id: int | None, *, by_run: int) -> None:
-    from tasks_app.models import Run
-
     previous = Run.objects.select_related("task").filter(pk=run_id).first() if run_id else None
     if previous is None:
         return
     try:
-        previous.cancel(by=f"replace policy (run {by_run})", actor=Actor.SYSTEM)
+        lifecycle.move(
+            previous,
+            RunState.CANCELLED,
+            reason="cancelled",
+            actor=Actor.SYSTEM,
+            actor_name=f"replace policy (run {by_run})",
+        )
     except InvalidTransition as exc:
         logger.info("replace: %s", exc)
+
+
+def release_finished(moves: list[Move]) -> None:
+    """Subscriber of lifecycle: a finished run that held its task's lock releases it."""
+    for moved in moves:
+        if moved.is_run and moved.finished and moved.subject.lock_token:
+            release(moved.subject)
 
 
 def release(run: Run) -> None:
     """The run ended: free its task's lock (if still its own) and send the next waiting run."""
     try:
-        dispatch.broker_client().eval(_RELEASE, 1, _keys(run.task_id)[0], _value(run))
-    except redis.RedisError:
+        redis_client.client().eval(_RELEASE, 1, _keys(run.task_id)[0], _value(run))
+    except redis_client.Error:
         logger.exception("could not release the lock of run %s; it expires by itself", run.pk)
     advance_queue(run.task_id)
 
 
 def advance_queue(task_id: int) -> None:
-    from tasks_app.models import Run
-
     waiting = (
-        Run.objects.select_related("task")
-        .filter(task_id=task_id, state=RunState.CREATED, due_at__isnull=True, workflow_run__isnull=True)
-        .order_by("id")
-        .first()
+        Run.objects.select_related("task").filter(task_id=task_id).waiting_for_slot().order_by("id").first()
     )
     if waiting is not None:
         gate([waiting])
@@ -193,23 +198,17 @@ def advance_queue(task_id: int) -> None:
 
 def extend_active() -> int:
     """Keep the locks of active runs alive, and unblock queues whose holder vanished."""
-    from tasks_app.models import Run
-
     holders = list(
         Run.objects.filter(state__in=ACTIVE_STATES - {RunState.CREATED}).exclude(lock_token="")
         .values_list("pk", "task_id", "lock_token")
     )  # fmt: skip
-    client = dispatch.broker_client()
+    client = redis_client.client()
     with client.pipeline(transaction=False) as pipe:
         for pk, task_id, token in holders:
             pipe.eval(_EXTEND, 1, _keys(task_id)[0], f"{pk}:{token}", _ttl_ms())
         pipe.execute()
     # Runs left waiting (their holder ended without a release, or Redis was down).
-    waiting_tasks = set(
-        Run.objects.filter(state=RunState.CREATED, due_at__isnull=True, workflow_run__isnull=True)
-        .exclude(task__concurrency_policy=ConcurrencyPolicy.ALLOW)
-        .values_list("task_id", flat=True)
-    )
+    waiting_tasks = set(Run.objects.waiting_for_slot().gated().values_list("task_id", flat=True))
     for task_id in waiting_tasks:
         if holder_of(task_id) is None:
             advance_queue(task_id)

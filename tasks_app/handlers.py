@@ -21,10 +21,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tasks_app.models import Run
+from tasks_app.choices import RunState
+from tasks_app.models import Run, RunLog
 
 run_logger = logging.getLogger("tasks_app.runs")
 
@@ -45,12 +45,22 @@ class UnknownHandler(LookupError):
 class RunInterrupted(Exception):
     """Raised inside a handler when its run was paused or cancelled meanwhile."""
 
-    def __init__(self, state: str) -> None:
-        self.state = state
-        super().__init__(f"the run is {state}")
+    def __init__(self, current: str) -> None:
+        self.current = current
+        super().__init__(f"the run is {current}")
 
 
 _registry: dict[str, Handler] = {}
+_listeners: list[Callable[[str], Any]] = []
+
+
+def on_register(listener: Callable[[str], Any]) -> None:
+    """Call `listener(name)` for every handler registered, before and after (execution
+    makes each one's Celery task so)."""
+    if listener not in _listeners:
+        _listeners.append(listener)
+        for name in list(_registry):
+            listener(name)
 
 
 def handler(name: str | None = None, *, pausable: bool = False) -> Callable[[Callable], Callable]:
@@ -67,9 +77,8 @@ def handler(name: str | None = None, *, pausable: bool = False) -> Callable[[Cal
             description=inspect.getdoc(func) or "",
             pausable=pausable,
         )
-        from tasks_app.execution import celery_task_for
-
-        celery_task_for(handler_name)
+        for listener in _listeners:
+            listener(handler_name)
         return func
 
     return register
@@ -98,8 +107,6 @@ class RunLogHandler(logging.Handler):
         self.run_id = run_id
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tasks_app.models import RunLog
-
         try:
             message = self.format(record)
             RunLog.objects.create(run_id=self.run_id, level=record.levelname, message=message)
@@ -135,17 +142,27 @@ class RunContext:
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress (0 to 1); raises RunInterrupted if the run stopped running."""
         fraction = min(1.0, max(0.0, float(fraction)))
-        if not self._run.save_progress(fraction, str(message)[:500]):
+        progress = {"fraction": fraction, "message": str(message)[:500]}
+        # Recorded only while this attempt still runs.
+        if not self._this_attempt().filter(state=RunState.RUNNING).update(progress=progress):
             raise RunInterrupted(self._current_state())
 
     def checkpoint(self, state: Any) -> None:
-        """Keep `state` (JSON) for a resumed attempt; raises RunInterrupted once paused or cancelled."""
-        stopped = self._run.save_checkpoint(state)
+        """Keep `state` (JSON) for a resumed attempt; raises RunInterrupted once paused or cancelled.
+
+        A checkpoint is still kept when the run was paused meanwhile: that is what the
+        resumed attempt continues from.
+        """
+        mine = self._this_attempt()
         self.saved_checkpoint = state
-        if stopped is not None:
-            raise RunInterrupted(stopped)
+        if mine.filter(state=RunState.RUNNING).update(checkpoint=state):
+            return
+        if mine.filter(state=RunState.PAUSED).update(checkpoint=state):
+            raise RunInterrupted(RunState.PAUSED)
+        raise RunInterrupted(self._current_state())
+
+    def _this_attempt(self) -> Any:
+        return Run.objects.filter(pk=self.run_id, message_number=self._run.message_number)
 
     def _current_state(self) -> str:
-        from tasks_app.models import Run
-
         return Run.objects.values_list("state", flat=True).get(pk=self.run_id)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-from django.conf import settings
 from django.db import connection
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -15,7 +14,9 @@ from rest_framework.decorators import api_view, permission_classes, renderer_cla
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
+from tasks_app import redis_client
 from tasks_app.api.permissions import requires
+from tasks_app.models import Run
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -39,11 +40,7 @@ def _check_database() -> str:
 
 def _check_broker() -> str:
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            client.ping()
-        finally:
-            client.close()
+        redis_client.ping()
         return "ok"
     except Exception as exc:
         return f"error: {type(exc).__name__}"
@@ -53,10 +50,6 @@ class RunsCollector:
     """Run counts by task and state, read from the database at scrape time."""
 
     def collect(self) -> Any:
-        from django.db.models import Count
-
-        from tasks_app.models import Run
-
         runs = GaugeMetricFamily("scheduler_runs", "Runs by task and state", labels=["task", "state"])
         rows = Run.objects.values_list("task__name", "state").annotate(n=Count("id")).order_by()
         for task, state, count in rows:

@@ -1,32 +1,69 @@
-"""Run states and the legal moves between them: the one place that defines them.
+"""The one place that changes the state of a run or a workflow run.
 
-Only `Run.move()` (models/runs.py) changes a run's state, and it checks every move
-against `TRANSITIONS`.
+- The legal moves: `TRANSITIONS` for runs, `WORKFLOW_TRANSITIONS` for workflow runs,
+  between the states of choices.py. Nothing else writes a `state` column (a test checks).
+- Each move is a compare-and-set UPDATE on the state the caller last saw; a refused move
+  raises `InvalidTransition` and changes nothing. Runs are also born here, in `created` or
+  `pending` (`insert_runs`), and sent in bulk (`send_due`).
+- Each move is recorded as an event row by a database trigger, in the same statement, from
+  the `state_*` columns the move sets (db_triggers.py): no path can change a state without
+  its event, a bulk UPDATE included.
+- What follows a move (a lock released, a workflow advanced, a message revoked, later
+  alerts and metrics) is a subscriber: `subscribe()` in an AppConfig.ready(), called with
+  the moves after their transaction commits. This module imports none of them.
 """
 
 from __future__ import annotations
 
-from django.db import models
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
 
-class RunState(models.TextChoices):
-    CREATED = "created", "recorded, not yet sent to the broker"
-    PENDING = "pending", "sent to the broker, waiting for a worker"
-    RUNNING = "running", "a worker is executing it"
-    COMPLETED = "completed", "finished successfully"
-    FAILED = "failed", "finished with an error and no retries left"
-    RETRYING = "retrying", "an attempt failed; the next waits out its backoff"
-    PAUSED = "paused", "held by an operator; never dispatched while paused"
-    CANCELLED = "cancelled", "stopped by an operator"
-    SKIPPED = "skipped", "not run: a trigger rule or concurrency policy said no"
+from tasks_app.choices import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    WORKFLOW_TERMINAL_STATES,
+    Actor,
+    RunState,
+    RunTrigger,
+    WorkflowState,
+)
+from tasks_app.models import Run, WorkflowRun
 
+__all__ = [
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "WORKFLOW_TRANSITIONS",
+    "Actor",
+    "InvalidTransition",
+    "Move",
+    "RunState",
+    "RunTrigger",
+    "WorkflowState",
+    "insert_runs",
+    "is_legal",
+    "move",
+    "move_workflow_run",
+    "send_due",
+    "sources_of",
+    "start_workflow_run",
+    "subscribe",
+]
 
-S = RunState
+logger = logging.getLogger(__name__)
+S, W = RunState, WorkflowState
 
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.CREATED: frozenset({S.PENDING, S.PAUSED, S.CANCELLED, S.SKIPPED}),
     S.PENDING: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED, S.FAILED}),
-    # running -> paused only where the handler takes checkpoints (Run.pause checks).
+    # running -> paused only where the handler takes checkpoints (controls.pause checks).
     S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.RETRYING, S.CANCELLED, S.PAUSED}),
     S.RETRYING: frozenset({S.PENDING, S.PAUSED, S.CANCELLED}),
     S.PAUSED: frozenset({S.PENDING, S.CANCELLED}),
@@ -36,39 +73,270 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.SKIPPED: frozenset(),
 }
 
-TERMINAL_STATES = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.SKIPPED})
-ACTIVE_STATES = frozenset(RunState) - TERMINAL_STATES
+WORKFLOW_TRANSITIONS: dict[WorkflowState, frozenset[WorkflowState]] = {
+    W.RUNNING: frozenset({W.COMPLETED, W.FAILED, W.CANCELLED}),
+    W.FAILED: frozenset({W.RUNNING}),  # a retry
+    W.CANCELLED: frozenset({W.RUNNING}),  # a retry
+    W.COMPLETED: frozenset(),
+}
 
 
-def sources_of(target: RunState) -> frozenset[RunState]:
-    """The states from which `target` can be reached."""
-    return frozenset(state for state, targets in TRANSITIONS.items() if target in targets)
+def sources_of(target: Any, table: dict | None = None) -> frozenset:
+    """The states from which `target` can be reached (in the run table, or `table`)."""
+    table = TRANSITIONS if table is None else table
+    return frozenset(state for state, targets in table.items() if target in targets)
 
 
 def is_legal(source: RunState | str, target: RunState | str) -> bool:
     return RunState(target) in TRANSITIONS[RunState(source)]
 
 
-class Trigger(models.TextChoices):
-    API = "api", "submitted over the API"
-    SCHEDULE = "schedule", "fired by a schedule"
-    MANUAL = "manual", "started by an operator"
-    WORKFLOW = "workflow", "a step of a workflow run"
-
-
-class Actor(models.TextChoices):
-    USER = "user"
-    SCHEDULE = "schedule"
-    WORKER = "worker"
-    SYSTEM = "system"
-
-
 class InvalidTransition(Exception):
-    """A move the state table does not allow from the run's current state."""
+    """A move the state table does not allow from the current state (a 409)."""
 
-    def __init__(self, run_id: int, current: str, target: str, detail: str = "") -> None:
+    def __init__(self, run_id: int, current: str, target: str, detail: str = "", kind: str = "run") -> None:
         self.run_id = run_id
         self.current = current
         self.target = target
-        message = f"run {run_id} is {current}: it cannot move to {target}"
+        message = f"{kind} {run_id} is {current}: it cannot move to {target}"
         super().__init__(f"{message} ({detail})" if detail else message)
+
+
+# --- the hook ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Move:
+    """A run or workflow run that moved; `source` is "" for one born in its state."""
+
+    subject: Run | WorkflowRun
+    source: str
+    target: str
+
+    @property
+    def is_run(self) -> bool:
+        return isinstance(self.subject, Run)
+
+    @property
+    def finished(self) -> bool:
+        terminal = TERMINAL_STATES if self.is_run else WORKFLOW_TERMINAL_STATES
+        return self.target in terminal
+
+
+Subscriber = Callable[[list[Move]], None]
+_subscribers: list[Subscriber] = []
+
+
+def subscribe(subscriber: Subscriber) -> None:
+    """Call `subscriber(moves)` after every committed move (registered once, at start-up)."""
+    if subscriber not in _subscribers:
+        _subscribers.append(subscriber)
+
+
+def _announce(moves: list[Move]) -> None:
+    if moves:
+        transaction.on_commit(lambda: _deliver(moves))
+
+
+def _deliver(moves: list[Move]) -> None:
+    for subscriber in list(_subscribers):
+        try:
+            subscriber(moves)
+        except Exception:
+            # The moves stand; what failed to follow them is caught up by beat's sweeps
+            # (stalled workflow runs, orphaned locks). One subscriber never stops another.
+            logger.exception(
+                "%s failed after %d move(s)", getattr(subscriber, "__qualname__", subscriber), len(moves)
+            )
+
+
+# --- runs ----------------------------------------------------------------------------
+
+
+def move_fields(target: RunState, *, at: dt.datetime, reason: str, actor: str, actor_name: str = "") -> dict:
+    """The columns every move to `target` sets; the event trigger reads the state_* ones."""
+    return {
+        "state": target,
+        "finished_at": at if target in TERMINAL_STATES else None,
+        "state_changed_at": at,
+        "state_reason": reason[:500],
+        "state_actor": actor,
+        "state_actor_name": actor_name[:150],
+    }
+
+
+def _conditional_update(conditions: dict[str, Any], values: dict[str, Any], increment: str = "") -> int:
+    """UPDATE one run SET `values` (and `increment` + 1) WHERE `conditions`; the row count.
+
+    Every move runs this, and a worker makes two per run: SQL written straight from the
+    fields' own conversions costs a fraction of compiling a QuerySet.update() each time
+    (bench/orm.py), while values go through the same Field.get_db_prep_save().
+    """
+    meta, quote = Run._meta, connection.ops.quote_name
+    assignments, params = [], []
+    for name, value in values.items():
+        field = meta.get_field(name)
+        assignments.append(f"{quote(field.column)} = %s")
+        params.append(field.get_db_prep_save(value, connection))
+    if increment:
+        column = quote(meta.get_field(increment).column)
+        assignments.append(f"{column} = {column} + 1")
+    tests = []
+    for name, value in conditions.items():
+        field = meta.get_field(name)
+        tests.append(f"{quote(field.column)} = %s")
+        params.append(field.get_db_prep_value(value, connection))
+    sql = f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} WHERE {' AND '.join(tests)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def move(
+    run: Run,
+    target: RunState,
+    *,
+    reason: str = "",
+    actor: str = Actor.SYSTEM,
+    actor_name: str = "",
+    only_from: frozenset[RunState] | None = None,
+    where: dict[str, Any] | None = None,
+    new_message: bool = False,
+    at: dt.datetime | None = None,
+    **changes: Any,
+) -> RunState:
+    """Move `run` to `target` if the state table allows it from its current state.
+
+    Compare-and-set on the state this instance last saw (one UPDATE; the trigger records
+    the event); if another process moved the run meanwhile, re-read and try again from
+    there. `where` adds conditions that must hold too (the claim's message number);
+    `new_message` gives the run its next message number; `at` is the time of the move
+    (now). Returns the state moved from; raises InvalidTransition.
+    """
+    allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
+    fields = {
+        **changes,
+        **move_fields(target, at=at or timezone.now(), reason=reason, actor=actor, actor_name=actor_name),
+    }
+    current = run.state
+    for _attempt in range(5):
+        if current not in allowed:
+            raise InvalidTransition(run.pk, current, target)
+        conditions = {"id": run.pk, "state": current, **(where or {})}
+        if not new_message:
+            if _conditional_update(conditions, fields):
+                break
+        else:
+            with transaction.atomic():
+                if _conditional_update(conditions, fields, increment="message_number"):
+                    # Read back while the UPDATE still holds the row lock: ours.
+                    fields["message_number"] = Run.objects.values_list("message_number", flat=True).get(
+                        pk=run.pk
+                    )
+                    break
+        seen = current
+        current = Run.objects.filter(pk=run.pk).values_list("state", flat=True).first()
+        if current is None:
+            raise Run.DoesNotExist(f"run {run.pk} no longer exists")
+        if current == seen:  # the state held, so an extra condition did not
+            raise InvalidTransition(run.pk, current, target, "superseded")
+    else:
+        raise InvalidTransition(run.pk, current, target, "the run keeps changing")
+    for field, value in fields.items():
+        setattr(run, field, value)
+    _announce([Move(run, current, target)])
+    return RunState(current)
+
+
+def insert_runs(
+    born: list[tuple[Run, RunState, str]], *, at: dt.datetime, actor: str, actor_name: str = ""
+) -> list[Run]:
+    """Insert runs born in a state: each (unsaved run, created or pending, the reason of
+    its first event). One born pending has its first message number; the insert trigger
+    records its move from created to pending too."""
+    runs = []
+    for run, state, reason in born:
+        if state not in (S.CREATED, S.PENDING):
+            raise ValueError(f"a run is born created or pending, not {state}")
+        for field, value in move_fields(
+            state, at=at, reason=reason, actor=actor, actor_name=actor_name
+        ).items():
+            setattr(run, field, value)
+        run.message_number = 1 if state == S.PENDING else 0
+        runs.append(run)
+    if len(runs) == 1:
+        runs[0].save(force_insert=True)  # one statement: no transaction to open
+    elif runs:
+        Run.objects.bulk_create(runs)
+    _announce([Move(run, "", run.state) for run in runs])
+    return runs
+
+
+def send_due(due: list[tuple[int, str]], *, at: dt.datetime) -> list[Run]:
+    """Send the runs of `due` ((id, state) pairs the caller holds locked): created and
+    retrying ones move to pending, and each, a pending one being sent again included,
+    gets its next message number. Returns them, with their tasks, to publish."""
+    moved = move_fields(S.PENDING, at=at, reason="due: sent to the broker", actor=Actor.SYSTEM)
+    for source in {state for _pk, state in due}:
+        Run.objects.filter(pk__in=[pk for pk, state in due if state == source], state=source).update(
+            message_number=F("message_number") + 1, due_at=None, **({} if source == S.PENDING else moved)
+        )
+    runs = list(Run.objects.select_related("task").filter(pk__in=[pk for pk, _state in due]))
+    sources = dict(due)
+    _announce([Move(run, sources[run.pk], S.PENDING) for run in runs if sources[run.pk] != S.PENDING])
+    return runs
+
+
+# --- workflow runs -------------------------------------------------------------------
+
+
+def _workflow_move_fields(
+    target: WorkflowState, *, at: dt.datetime, reason: str, actor: str, actor_name: str
+) -> dict[str, Any]:
+    return {
+        "state": target,
+        "finished_at": at if target in WORKFLOW_TERMINAL_STATES else None,
+        "state_changed_at": at,
+        "state_reason": reason[:500],
+        "state_actor": actor,
+        "state_actor_name": actor_name[:150],
+    }
+
+
+def start_workflow_run(*, at: dt.datetime, actor: str, actor_name: str = "", **fields: Any) -> WorkflowRun:
+    """Insert a workflow run, born running (the insert trigger records its first event)."""
+    workflow_run = WorkflowRun.objects.create(
+        started_at=at,
+        **fields,
+        **_workflow_move_fields(W.RUNNING, at=at, reason="started", actor=actor, actor_name=actor_name),
+    )
+    _announce([Move(workflow_run, "", W.RUNNING)])
+    return workflow_run
+
+
+def move_workflow_run(
+    workflow_run: WorkflowRun,
+    target: WorkflowState,
+    *,
+    reason: str,
+    actor: str = Actor.SYSTEM,
+    actor_name: str = "",
+    at: dt.datetime | None = None,
+) -> WorkflowState:
+    """Move a workflow run, compare-and-set on the state the instance holds (the caller
+    holds its row lock). Returns the state moved from; raises InvalidTransition."""
+    current = workflow_run.state
+    if current not in sources_of(target, WORKFLOW_TRANSITIONS):
+        raise InvalidTransition(workflow_run.pk, current, target, kind="workflow run")
+    fields = _workflow_move_fields(
+        target, at=at or timezone.now(), reason=reason, actor=actor, actor_name=actor_name
+    )
+    if not WorkflowRun.objects.filter(pk=workflow_run.pk, state=current).update(**fields):
+        stored = WorkflowRun.objects.filter(pk=workflow_run.pk).values_list("state", flat=True).first()
+        raise InvalidTransition(
+            workflow_run.pk, stored or "gone", target, "moved meanwhile", kind="workflow run"
+        )
+    for field, value in fields.items():
+        setattr(workflow_run, field, value)
+    _announce([Move(workflow_run, current, target)])
+    return WorkflowState(current)

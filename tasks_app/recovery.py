@@ -1,7 +1,5 @@
-"""Keeping promises under faults: the worker registry and the sweeps beat runs.
+"""Keeping promises under faults: the sweeps beat runs.
 
-- Every worker records itself when ready and heartbeats from a thread of its main
-  process; it is offline after WORKER_MISSED_HEARTBEATS missed beats.
 - A run left `running` on an offline worker, or on an online worker whose heartbeat
   no longer lists it (its pool process died, or the worker could not record the
   outcome), moves on: to `retrying` while retries remain, else `failed` with the
@@ -9,7 +7,7 @@
   whatever its retries: it may be what kills them.
 - A `pending` run whose message the broker lost (a Redis restart or flush: its queue
   is empty and no worker holds its message, yet it has waited PENDING_RESEND_AFTER) is
-  marked due, and RunQuerySet.dispatch_due() sends it again under its next message
+  marked due, and scheduling.send_due_runs() sends it again under its next message
   number, so it still runs once.
 - A running workflow run with no step in flight is advanced again: the advance after
   its last step's move was lost with a process or the database.
@@ -20,98 +18,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import threading
 from typing import Any
 
-import celery
-from celery.signals import worker_ready, worker_shutdown
-from celery.worker import state as worker_state
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from tasks_app import workflows
-from tasks_app.lifecycle import InvalidTransition, RunState
+from tasks_app import broker, execution, redis_client, workflows
+from tasks_app.choices import RunState, WorkflowState
+from tasks_app.lifecycle import InvalidTransition
+from tasks_app.models import Run, Worker, WorkflowRun
 
 logger = logging.getLogger(__name__)
 S = RunState
-_stop = threading.Event()
-
-
-def record_worker(
-    hostname: str,
-    *,
-    queues: list[str],
-    concurrency: int,
-    executing: list[str] | None = None,
-    now: dt.datetime | None = None,
-) -> None:
-    from tasks_app.models import Worker
-
-    now = now or timezone.now()
-    described = {
-        "queues": queues,
-        "concurrency": concurrency,
-        "pid": os.getpid(),
-        "version": celery.__version__,
-        "last_heartbeat": now,
-        "executing": executing,
-    }
-    Worker.objects.update_or_create(
-        hostname=hostname,
-        defaults={**described, "stopped_at": None},
-        create_defaults={**described, "started_at": now},
-    )
-
-
-@worker_ready.connect
-def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
-    consumer = sender
-    hostname = consumer.hostname
-    queues = sorted(q.name for q in consumer.task_consumer.queues) if consumer.task_consumer else []
-    concurrency = getattr(consumer.controller, "concurrency", 0) or 0
-
-    def beat() -> None:
-        while True:
-            try:
-                close_old_connections()
-                # The time first: whatever started before it is in the list that follows.
-                now = timezone.now()
-                record_worker(
-                    hostname, queues=queues, concurrency=concurrency, executing=_executing(), now=now
-                )
-            except (OperationalError, InterfaceError) as exc:
-                logger.warning("worker heartbeat failed: database unreachable: %s", exc)
-            except Exception:
-                logger.exception("worker heartbeat failed")
-            if _stop.wait(settings.WORKER_HEARTBEAT_INTERVAL):
-                return
-
-    threading.Thread(target=beat, name="tasks_app-heartbeat", daemon=True).start()
-
-
-def _executing() -> list[str]:
-    """Ids of the messages this worker's pool is executing (read from the heartbeat thread)."""
-    while True:
-        try:
-            return sorted(request.id for request in list(worker_state.active_requests))
-        except RuntimeError:  # the set changed while it was copied: copy again
-            continue
-
-
-@worker_shutdown.connect
-def _stop_heartbeat(sender: Any = None, **kwargs: Any) -> None:
-    from tasks_app.models import Worker
-
-    _stop.set()
-    try:
-        Worker.objects.filter(hostname=getattr(sender, "hostname", ""), pid=os.getpid()).update(
-            stopped_at=timezone.now()
-        )
-    except Exception:
-        logger.exception("could not record the worker's stop")
 
 
 def recover_lost_runs(now: dt.datetime | None = None) -> int:
@@ -120,8 +39,6 @@ def recover_lost_runs(now: dt.datetime | None = None) -> int:
     That is a run on a worker that went offline, or on an online worker whose heartbeat,
     taken a heartbeat interval or more after the run started, does not list its message.
     """
-    from tasks_app.models import Run, Worker
-
     now = now or timezone.now()
     online = {
         hostname: (heartbeat, executing)
@@ -133,8 +50,10 @@ def recover_lost_runs(now: dt.datetime | None = None) -> int:
     grace = interval * settings.WORKER_MISSED_HEARTBEATS
     lost: dict[str, str] = {}  # message id of the lost attempt: why
     running = Run.objects.filter(state=S.RUNNING, started_at__lt=now - interval)
-    for pk, worker, started_at, dispatches in running.values_list("pk", "worker", "started_at", "dispatches"):
-        message = f"{pk}.{dispatches}"
+    for pk, worker, started_at, message_number in running.values_list(
+        "pk", "worker", "started_at", "message_number"
+    ):
+        message = f"{pk}.{message_number}"
         if worker not in online:
             if started_at < now - grace:  # else it may have started just before a first heartbeat
                 lost[message] = f"worker {worker or '?'} went offline"
@@ -151,9 +70,9 @@ def recover_lost_runs(now: dt.datetime | None = None) -> int:
         try:
             if run.attempt >= settings.RUN_MAX_DELIVERIES:
                 # It may be the run that kills its workers: stop sending it, visibly.
-                run.fail(error, reason=f"worker lost {run.attempt} times: not sent again")
+                execution.fail(run, error, reason=f"worker lost {run.attempt} times: not sent again")
             else:
-                run.fail_or_retry(error, hostname="", reason="worker lost")
+                execution.fail_or_retry(run, error, hostname="", reason="worker lost")
             moved += 1
         except InvalidTransition:
             pass  # it finished meanwhile
@@ -169,8 +88,6 @@ def advance_stalled_workflows(limit: int = 100) -> int:
     between the two, or a database that went away, leaves it waiting for nothing.
     Advancing is idempotent, so one advanced concurrently comes to no harm.
     """
-    from tasks_app.models import Run, WorkflowRun, WorkflowState
-
     in_flight = Run.objects.filter(
         workflow_run=OuterRef("pk"), state__in=[S.PENDING, S.RUNNING, S.RETRYING, S.PAUSED]
     )
@@ -189,13 +106,10 @@ def advance_stalled_workflows(limit: int = 100) -> int:
 def resend_lost_messages(now: dt.datetime | None = None) -> int:
     """Mark pending runs whose message the broker no longer has to be sent again; returns how many.
 
-    They get a due_at, as dispatch.publish() does for a message the broker refused, and
-    RunQuerySet.dispatch_due() sends them under their next message number: should the old
+    They get a due_at, as broker.publish() does for a message the broker refused, and
+    scheduling.send_due_runs() sends them under their next message number: should the old
     message turn up after all, it runs nothing.
     """
-    from tasks_app import dispatch
-    from tasks_app.models import Run
-
     now = now or timezone.now()
     waited = now - dt.timedelta(seconds=settings.PENDING_RESEND_AFTER)
     stale = Run.objects.filter(state=S.PENDING, state_changed_at__lt=waited, due_at__isnull=True)
@@ -203,14 +117,16 @@ def resend_lost_messages(now: dt.datetime | None = None) -> int:
     if not queues:
         return 0
     # A queue that still has messages may have these runs' too: wait until it drains.
-    empty = [q for q in queues if not dispatch.queue_length(q)]
+    empty = [q for q in queues if not broker.queue_length(q)]
     if not empty:
         return 0
-    held = _unacknowledged_ids(dispatch.broker_client())  # delivered to a worker, maybe a dead one: not lost
+    held = _unacknowledged_ids(redis_client.client())  # delivered to a worker, maybe a dead one: not lost
     ids = [
         pk
-        for pk, dispatches in stale.filter(task__queue__in=empty).values_list("pk", "dispatches")[:1000]
-        if f"{pk}.{dispatches}" not in held
+        for pk, message_number in stale.filter(task__queue__in=empty).values_list("pk", "message_number")[
+            :1000
+        ]
+        if f"{pk}.{message_number}" not in held
     ]
     marked = Run.objects.filter(pk__in=ids, state=S.PENDING, due_at__isnull=True).update(due_at=now)
     if marked:

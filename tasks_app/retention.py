@@ -14,15 +14,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from tasks_app.lifecycle import TERMINAL_STATES
+from tasks_app.choices import TERMINAL_STATES
+from tasks_app.models import Run, RunEvent, RunLog, WorkflowRun, WorkflowRunEvent
 
 logger = logging.getLogger(__name__)
 
 
 def prune(now: dt.datetime | None = None, batch: int = 1000) -> int:
     """Delete what finished more than RUN_RETENTION_DAYS ago; returns the runs deleted."""
-    from tasks_app.models import Run, RunEvent, RunLog, WorkflowRun
-
     cutoff = (now or timezone.now()) - dt.timedelta(days=settings.RUN_RETENTION_DAYS)
     deleted = 0
     while True:
@@ -45,6 +44,7 @@ def prune(now: dt.datetime | None = None, batch: int = 1000) -> int:
             RunEvent.objects.filter(run_id__in=ids).delete()
             RunLog.objects.filter(run_id__in=ids).delete()
             deleted += Run.objects.filter(pk__in=ids).delete()[1].get("tasks_app.Run", 0)
+            WorkflowRunEvent.objects.filter(workflow_run_id=workflow_run_id).delete()
             WorkflowRun.objects.filter(pk=workflow_run_id).delete()
     if deleted:
         logger.info("pruned %d run(s) finished before %s", deleted, cutoff.isoformat())

@@ -1,39 +1,41 @@
-"""Beat integration: the platform's scheduler, Celery beat's default here.
+"""Beat integration: the platform's scheduler (Celery beat's default here) and the
+schedule-firing engine it runs.
 
-It is django-celery-beat's DatabaseScheduler (PeriodicTask rows stay a source of
-periodic entries, visible in its admin) plus, on every tick:
-- firing the platform's schedules that are due (ScheduleQuerySet.fire_due), claimed in
-  the database so any number of beats can run at once;
-- sending runs that have become due: a `run_at` reached, a retry's backoff over.
+PlatformScheduler is django-celery-beat's DatabaseScheduler (PeriodicTask rows stay a
+source of periodic entries, visible in its admin) plus, on every tick:
+- `fire_due()`: firing the platform's schedules that are due, claimed in the database so
+  any number of beats can run at once, with misfire handling and catch-up;
+- `send_due_runs()`: sending runs that have become due (a `run_at` reached, a retry's
+  backoff over, a message the broker refused or lost);
+- the sweeps of recovery.py and the lock extension of concurrency.py, every few seconds.
 
-Each platform Schedule is mirrored as a PeriodicTask (with its crontab, interval or
-clocked schedule) so django-celery-beat's admin and tools see it; the mirror is never
-sent by beat itself, the platform fires it.
+Each platform Schedule is mirrored as a PeriodicTask (definitions.mirror) so
+django-celery-beat's admin and tools see it; the mirror is never sent by beat itself.
 """
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 import logging
 import time
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
-from django_celery_beat.models import (
-    ClockedSchedule,
-    CrontabSchedule,
-    IntervalSchedule,
-    PeriodicTask,
-)
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, transaction
+from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from tasks_app import concurrency, recovery, timing
+from tasks_app import broker, concurrency, lifecycle, recovery, submission, timing, workflows
+from tasks_app.choices import MisfirePolicy, RunState, RunTrigger
+from tasks_app.definitions import MIRROR_TASK
+from tasks_app.models import Run, Schedule, Task, WorkflowRun
+from tasks_app.models.schedules import RECOMPUTE
+from tasks_app.submission import RunRequest
 
 logger = logging.getLogger(__name__)
+S = RunState
 
 BATCH = 500
-MIRROR_TASK = "tasks_app.schedule"  # a name only: the platform fires these, never beat
 
 
 class PlatformScheduler(DatabaseScheduler):
@@ -54,14 +56,9 @@ class PlatformScheduler(DatabaseScheduler):
 
     def platform_tick(self) -> bool:
         """Fire due schedules and send due runs; True when a batch was full."""
-        from tasks_app.models import Run, Schedule
-
         close_old_connections()
         busy = False
-        for name, step in (
-            ("fire due schedules", Schedule.objects.fire_due),
-            ("send due runs", Run.objects.dispatch_due),
-        ):
+        for name, step in (("fire due schedules", fire_due), ("send due runs", send_due_runs)):
             try:
                 done = step(limit=BATCH)
             except (OperationalError, InterfaceError) as exc:
@@ -99,79 +96,163 @@ class PlatformScheduler(DatabaseScheduler):
                 logger.exception("%s failed", job.__name__)
 
 
-def mirror(schedule: Any) -> None:
-    """Create or update the PeriodicTask that shows `schedule` to django-celery-beat."""
-    kinds: dict[str, Any] = {"crontab": None, "interval": None, "clocked": None}
-    if schedule.cron:
-        try:
-            fields = timing.normalise_cron(schedule.cron).split(" ")[-5:]  # no seconds field there
-        except timing.InvalidSchedule:  # written past validation: shown as it is
-            fields = [*schedule.cron.split()[-5:], "*", "*", "*", "*", "*"][:5]
-        kinds["crontab"], _ = CrontabSchedule.objects.get_or_create(
-            minute=fields[0],
-            hour=fields[1],
-            day_of_month=fields[2],
-            month_of_year=fields[3],
-            day_of_week=fields[4],
-            timezone=schedule.timezone if _known_zone(schedule.timezone) else "UTC",
-        )
-    elif schedule.interval_seconds:
-        kinds["interval"], _ = IntervalSchedule.objects.get_or_create(
-            every=schedule.interval_seconds, period=IntervalSchedule.SECONDS
-        )
-    else:
-        kinds["clocked"], _ = ClockedSchedule.objects.get_or_create(clocked_time=schedule.run_at)
-    values = {
-        **kinds,
-        "task": MIRROR_TASK,
-        "kwargs": json.dumps({"schedule": schedule.pk}),
-        "enabled": schedule.enabled,
-        "one_off": bool(schedule.run_at),
-        "start_time": schedule.start_at,
-        "expires": schedule.end_at,
-        "description": (
-            f"Platform schedule {schedule.pk} of {schedule.target_text}: {schedule.description()}. "
-            "Fired by tasks_app.scheduling.PlatformScheduler, not by this entry."
-        ),
-    }
+def send_due_runs(now: dt.datetime | None = None, limit: int = BATCH) -> int:
+    """Send the runs whose time has come; returns how many.
+
+    Created and retrying runs move to pending; a pending run with a due_at is one
+    whose message the broker refused (broker.publish) or lost (recovery) and is sent
+    again under its next message number. Rows are claimed with SELECT ... FOR UPDATE
+    SKIP LOCKED, so several beat processes can run this at once without sending a run
+    twice. A created run of a gated task goes through concurrency.gate() instead.
+    """
+    now = now or timezone.now()
     with transaction.atomic():
-        if schedule.periodic_task_id:
-            PeriodicTask.objects.filter(pk=schedule.periodic_task_id).update(**values)
-        else:
-            task = PeriodicTask.objects.create(name=f"platform schedule {schedule.pk}", **values)
-            type(schedule).objects.filter(pk=schedule.pk).update(periodic_task=task)
-            schedule.periodic_task = task
+        due = list(
+            Run.objects.select_for_update(skip_locked=True)
+            .due(now)
+            .order_by("due_at")
+            .values_list("pk", "state")[:limit]
+        )
+        if not due:
+            return 0
+        gated_ids = set(
+            Run.objects.filter(pk__in=[pk for pk, state in due if state == S.CREATED])
+            .gated()
+            .values_list("pk", flat=True)
+        )
+        if gated_ids:
+            Run.objects.filter(pk__in=gated_ids).update(due_at=None)
+            gated = list(Run.objects.select_related("task").filter(pk__in=gated_ids))
+            transaction.on_commit(lambda: concurrency.gate(gated))
+            due = [(pk, state) for pk, state in due if pk not in gated_ids]
+        runs = lifecycle.send_due(due, at=now) if due else []
+        transaction.on_commit(lambda: broker.publish(runs))
+    return len(runs) + len(gated_ids)
 
 
-def _known_zone(name: str) -> bool:
-    try:
-        timing.zone(name)
-    except timing.InvalidSchedule:
-        return False
-    return True
+def _set_aside(schedule: Schedule, exc: Exception) -> None:
+    """Stop firing `schedule` until an edit mends it, saying why (saved by the caller)."""
+    why = str(exc) if isinstance(exc, timing.InvalidSchedule) else f"{type(exc).__name__}: {exc}"
+    logger.error("schedule %s set aside, it fires no more until edited: %s", schedule.pk, why)
+    schedule.next_fire_at = None
+    schedule.invalid_reason = why[:500]
 
 
-def set_enabled(schedule: Any, enabled: bool) -> bool:
-    """Pause or resume a schedule; False when it already was. The timing trigger
-    (migration 0004) makes the next tick recompute its next fire from then on."""
+def fire_due(now: dt.datetime | None = None, limit: int = BATCH) -> int:
+    """Fire every enabled schedule whose next instant has come; returns runs created.
+
+    Due schedules are claimed with SELECT ... FOR UPDATE SKIP LOCKED, so any number
+    of beat processes can run this at once: each schedule is fired by one of them,
+    and the run table's unique (schedule, scheduled_for) makes a second run for the
+    same instant impossible anyway. Instants missed by more than
+    SCHEDULE_MISFIRE_GRACE follow the schedule's misfire policy.
+    """
+    now = now or timezone.now()
+    grace = dt.timedelta(seconds=settings.SCHEDULE_MISFIRE_GRACE)
+    cap = settings.SCHEDULE_CATCH_UP_MAX
     with transaction.atomic():
-        if not type(schedule).objects.filter(pk=schedule.pk, enabled=not enabled).update(enabled=enabled):
-            return False
-        schedule.enabled = enabled
-        mirror(schedule)
-    return True
+        due = list(
+            Schedule.objects.select_for_update(skip_locked=True).due(now).order_by("next_fire_at")[:limit]
+        )
+        # Tasks are read apart, unlocked: a join would lock them and skip their schedules.
+        tasks = Task.objects.in_bulk({s.task_id for s in due if s.task_id})
+        requests: list[RunRequest] = []
+        workflows_due = []
+        for schedule in due:
+            schedule.task = tasks.get(schedule.task_id)
+            fired_before = schedule.last_fired_at, schedule.missed_fires
+            try:
+                fires = []
+                if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
+                    fires = _fires_of(schedule, now, grace, cap)
+                if schedule.workflow_id:
+                    mine = [(schedule, instant) for instant, _reason in fires]
+                else:
+                    mine = [_request(schedule, instant, reason) for instant, reason in fires]
+                schedule.next_fire_at = schedule.next_after(now)
+            except Exception as exc:
+                # A row written past validation (plain SQL, a bulk update): it is set
+                # aside with the reason, every other schedule goes on. It fired nothing.
+                schedule.last_fired_at, schedule.missed_fires = fired_before
+                _set_aside(schedule, exc)
+                continue
+            schedule.invalid_reason = ""
+            (workflows_due if schedule.workflow_id else requests).extend(mine)
+        Schedule.objects.bulk_update(due, ["next_fire_at", "last_fired_at", "missed_fires", "invalid_reason"])
+        fired = {(r.schedule.pk, r.scheduled_for) for r in requests}
+        if fired:
+            done = set(
+                Run.objects.filter(
+                    schedule__in={pk for pk, _at in fired}, scheduled_for__in={at for _pk, at in fired}
+                ).values_list("schedule_id", "scheduled_for")
+            )
+            requests = [r for r in requests if (r.schedule.pk, r.scheduled_for) not in done]
+            submission.submit_many(requests, by="scheduler", now=now)
+        if workflows_due:
+            started = set(
+                WorkflowRun.objects.filter(schedule__in={s.pk for s, _at in workflows_due})
+                .filter(scheduled_for__in={at for _s, at in workflows_due})
+                .values_list("schedule_id", "scheduled_for")
+            )
+            workflows_due = [(s, at) for s, at in workflows_due if (s.pk, at) not in started]
+        for schedule, instant in workflows_due:
+            try:
+                with transaction.atomic():
+                    workflows.start(
+                        schedule.workflow,
+                        by="scheduler",
+                        schedule=schedule,
+                        scheduled_for=instant,
+                        now=now,
+                    )
+            except DatabaseError:
+                raise  # the database's trouble, not the row's: the whole tick tries again
+            except Exception as exc:  # the workflow cannot start (its tasks are gone, ...)
+                _set_aside(schedule, exc)
+                Schedule.objects.filter(pk=schedule.pk).update(
+                    next_fire_at=None, invalid_reason=schedule.invalid_reason
+                )
+    return len(requests) + len(workflows_due)
 
 
-def fire_now(schedule: Any, *, by: str) -> Any:
-    """One fire now, whatever the timing: a run with trigger=manual, or a workflow run."""
-    from tasks_app import workflows
-    from tasks_app.lifecycle import Trigger
-    from tasks_app.models import Run
-    from tasks_app.querysets import RunRequest
+def _fires_of(schedule: Schedule, now: dt.datetime, grace: dt.timedelta, cap: int) -> list:
+    """The instants to fire now, each with its reason; misfires follow the schedule's policy."""
+    instants = [schedule.next_fire_at]
+    instants += [
+        i
+        for i in schedule.timer().between(schedule.next_fire_at, now, cap + 1)
+        if not schedule.end_at or i <= schedule.end_at
+    ]
+    fires = {i: "scheduled" for i in instants if now - i <= grace}  # on time
+    missed = [i for i in instants if now - i > grace]
+    if missed:
+        schedule.missed_fires += len(missed)
+        logger.warning(
+            "schedule %s missed %s%d instant(s) from %s: %s",
+            schedule.pk,
+            "at least " if len(instants) > cap else "",
+            len(missed),
+            missed[0].isoformat(),
+            schedule.misfire_policy,
+        )
+        if schedule.misfire_policy == MisfirePolicy.RUN_ONCE:
+            fires[missed[-1]] = f"misfire run_once: one run for {len(missed)} missed instant(s)"
+        elif schedule.misfire_policy == MisfirePolicy.CATCH_UP:
+            fires.update({i: "misfire catch_up: a missed instant" for i in missed[:cap]})
+    if not fires or (schedule.task is not None and not schedule.task.enabled):
+        return []
+    schedule.last_fired_at = now
+    return sorted(fires.items())
 
-    if schedule.workflow_id:
-        return workflows.start(schedule.workflow, by=by)
-    request = RunRequest(
-        task=schedule.task, trigger=Trigger.MANUAL, schedule=schedule, **schedule.fire_kwargs()
+
+def _request(schedule: Schedule, instant: dt.datetime, reason: str) -> RunRequest:
+    base = schedule.fire_kwargs()
+    return RunRequest(
+        task=schedule.task,
+        args=base["args"],
+        kwargs=base["kwargs"],
+        trigger=RunTrigger.SCHEDULE,
+        schedule=schedule,
+        scheduled_for=instant,
+        reason=reason,
     )
-    return Run.objects.submit(request, by=by)[0]

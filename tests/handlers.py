@@ -6,6 +6,7 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
+from tasks_app import controls
 from tasks_app.handlers import RunContext, handler
 from tasks_app.models import Run
 
@@ -40,12 +41,12 @@ def chatty(ctx: RunContext) -> str:
 
 @handler("tests.cancelled_meanwhile")
 def cancelled_meanwhile(ctx: RunContext) -> str:
-    Run.objects.get(pk=ctx.run_id).cancel(by="someone")
+    controls.cancel(Run.objects.select_related("task").get(pk=ctx.run_id), by="someone")
     return "too late"
 
 
 @handler("tests.checkpoint_after_cancel", pausable=True)
 def checkpoint_after_cancel(ctx: RunContext) -> str:
-    Run.objects.get(pk=ctx.run_id).cancel(by="someone")
+    controls.cancel(Run.objects.select_related("task").get(pk=ctx.run_id), by="someone")
     ctx.checkpoint({"step": 1})
     return "unreachable"

@@ -4,9 +4,11 @@ import json
 
 import pytest
 from django.contrib.auth.models import User
+from django_celery_beat.models import PeriodicTask
 
+from tasks_app import scheduling
 from tasks_app.lifecycle import RunState
-from tasks_app.models import Run, RunEvent, RunLog
+from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Workflow
 
 T = "2026-01-01T00:00:00Z"
 
@@ -87,7 +89,7 @@ def test_schedule_pages_render_and_actions_work(admin_client, task, broker) -> N
 
     admin_client.post("/admin/tasks_app/schedule/", {"action": "pause", "_selected_action": [schedule.pk]})
     assert Schedule.objects.get(pk=schedule.pk).enabled is False
-    admin_client.post("/admin/tasks_app/schedule/", {"action": "trigger", "_selected_action": [schedule.pk]})
+    admin_client.post("/admin/tasks_app/schedule/", {"action": "fire_now", "_selected_action": [schedule.pk]})
     assert Run.objects.get().trigger == "manual"
 
 
@@ -159,7 +161,7 @@ def test_firing_a_workflow_schedule_from_the_admin_starts_a_workflow_run(admin_c
     workflow = Workflow.objects.create(name="w", steps=check_steps([{"key": "A", "task": "noop"}], {"noop"}))
     schedule = Schedule.objects.create(workflow=workflow, interval_seconds=60)
 
-    admin_client.post("/admin/tasks_app/schedule/", {"action": "trigger", "_selected_action": [schedule.pk]})
+    admin_client.post("/admin/tasks_app/schedule/", {"action": "fire_now", "_selected_action": [schedule.pk]})
 
     assert WorkflowRun.objects.filter(workflow=workflow).count() == 1
 
@@ -169,7 +171,7 @@ def test_a_schedule_set_aside_by_the_scheduler_shows_why_and_its_pages_render(ad
 
     schedule = Schedule.objects.create(task=task, interval_seconds=60)
     Schedule.objects.filter(pk=schedule.pk).update(interval_seconds=None, cron="0 0 30 2 *", timezone="X/Y")
-    Schedule.objects.fire_due()
+    scheduling.fire_due()
 
     for url in ["/admin/tasks_app/schedule/", f"/admin/tasks_app/schedule/{schedule.pk}/change/"]:
         response = admin_client.get(url)
@@ -208,7 +210,7 @@ def test_admin_actions_that_make_runs_need_add_run(staff_with, task, broker) -> 
     client = staff_with(*ALL_BUT_ADD_RUN)
 
     client.post("/admin/tasks_app/task/", {"action": "run_now", "_selected_action": [task.pk]})
-    client.post("/admin/tasks_app/schedule/", {"action": "trigger", "_selected_action": [schedule.pk]})
+    client.post("/admin/tasks_app/schedule/", {"action": "fire_now", "_selected_action": [schedule.pk]})
     client.post("/admin/tasks_app/schedule/", {"action": "resume", "_selected_action": [schedule.pk]})
     client.post("/admin/tasks_app/workflow/", {"action": "start", "_selected_action": [workflow.pk]})
     edit = client.post(
@@ -286,7 +288,7 @@ def test_admin_controls_on_rows_that_cannot_fire_say_why(admin_client, task, mak
     Task.objects.filter(pk=renamed.pk).update(name="renamed-by-sql")  # the steps name nothing now
 
     for url, action, pk in [
-        ("schedule", "trigger", schedule.pk),
+        ("schedule", "fire_now", schedule.pk),
         ("workflow", "start", workflow.pk),
         ("workflowrun", "retry", workflow_run.pk),
     ]:
@@ -332,3 +334,49 @@ def test_renaming_in_the_admin_a_task_that_workflows_name_is_refused(admin_clien
 
     assert page.status_code == 200 and "nightly" in page.content.decode()
     assert Task.objects.get(pk=task.pk).name == "noop"
+
+
+def test_the_admin_deletes_no_task_with_unfinished_runs_as_the_api_does(admin_client, task, make_run) -> None:
+    make_run(task, RunState.PENDING)
+
+    page = admin_client.post(f"/admin/tasks_app/task/{task.pk}/delete/", {"post": "yes"}).content.decode()
+    assert "1 unfinished run(s) of noop" in page  # the confirmation page says why not
+    data = {"action": "delete_selected", "post": "yes", "_selected_action": [task.pk]}
+    admin_client.post("/admin/tasks_app/task/", data, follow=True)
+
+    assert Task.objects.filter(pk=task.pk).exists()
+
+
+def test_the_admin_deletes_a_task_whose_runs_have_finished(admin_client, task, make_run) -> None:
+    make_run(task, RunState.COMPLETED)
+    data = {"action": "delete_selected", "post": "yes", "_selected_action": [task.pk]}
+    admin_client.post("/admin/tasks_app/task/", data, follow=True)
+    assert not Task.objects.filter(pk=task.pk).exists()
+
+
+def test_the_admins_bulk_delete_of_schedules_leaves_no_mirror(admin_client, api, task) -> None:
+    ids = [
+        api.post("/api/v1/schedules/", {"task": "noop", "interval_seconds": 60 + n}, format="json").data["id"]
+        for n in range(2)
+    ]
+    mirrors = list(Schedule.objects.filter(pk__in=ids).values_list("periodic_task_id", flat=True))
+    assert PeriodicTask.objects.filter(pk__in=mirrors).count() == 2
+
+    data = {"action": "delete_selected", "post": "yes", "_selected_action": ids}
+    admin_client.post("/admin/tasks_app/schedule/", data, follow=True)
+
+    assert not Schedule.objects.filter(pk__in=ids).exists()
+    assert not PeriodicTask.objects.filter(pk__in=mirrors).exists()
+
+
+def test_the_admin_deletes_no_workflow_with_a_running_run(admin_client, api, task, broker) -> None:
+    api.post("/api/v1/workflows/", {"name": "flow", "steps": [{"key": "a", "task": "noop"}]}, format="json")
+    started = api.post("/api/v1/workflows/flow/runs/").data["id"]
+    workflow = Workflow.objects.get(name="flow")
+
+    data = {"action": "delete_selected", "post": "yes", "_selected_action": [workflow.pk]}
+    admin_client.post("/admin/tasks_app/workflow/", data, follow=True)
+
+    assert Workflow.objects.filter(pk=workflow.pk).exists()
+    page = admin_client.get(f"/admin/tasks_app/workflowrun/{started}/change/").content.decode()
+    assert "started" in page and "owner" in page  # its history, the first event

@@ -5,6 +5,7 @@ import datetime as dt
 import pytest
 import time_machine
 
+from tasks_app import execution
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, RunEvent, RunLog
 from tests.conftest import queued_ids
@@ -230,7 +231,7 @@ def test_filters_on_schedule_and_workflow_run_find_no_run_yet(api, task, make_ru
 
 def test_one_run_its_events_and_its_logs(api, task, make_run) -> None:
     run = make_run(task, S.PENDING)
-    run.claim(1, "w1")
+    execution.claim(run, 1, "w1")
     RunLog.objects.create(run=run, level="INFO", message="hello")
 
     one = api.get(f"{URL}{run.pk}/")
@@ -316,15 +317,15 @@ def test_illegal_control_is_a_409_naming_the_state(api, task, make_run, action, 
 def test_resume_and_retry_send_a_new_message(
     api, task, make_run, broker, django_capture_on_commit_callbacks
 ) -> None:
-    paused = make_run(task, S.PAUSED, dispatches=1)
-    failed = make_run(task, S.FAILED, dispatches=2, retries=3, error={"type": "X"})
+    paused = make_run(task, S.PAUSED, message_number=1)
+    failed = make_run(task, S.FAILED, message_number=2, retries=3, error={"type": "X"})
 
     with django_capture_on_commit_callbacks(execute=True):
         api.post(f"{URL}{paused.pk}/resume/")
         api.post(f"{URL}{failed.pk}/retry/")
 
     failed.refresh_from_db()
-    assert (failed.retries, failed.finished_at, failed.dispatches) == (0, None, 3)
+    assert (failed.retries, failed.finished_at, failed.message_number) == (0, None, 3)
     assert sorted(queued_ids(broker)) == sorted([f"{paused.pk}.2", f"{failed.pk}.3"])
 
 
@@ -342,7 +343,7 @@ def test_pause_of_a_running_run_needs_a_checkpointing_handler(api, make_task, ma
 
 
 def test_cancel_of_a_running_run_revokes_its_message(api, task, make_run, broker) -> None:
-    run = make_run(task, S.RUNNING, dispatches=2)
+    run = make_run(task, S.RUNNING, message_number=2)
     response = api.post(f"{URL}{run.pk}/cancel/")
     assert response.status_code == 200
     assert response.data["state"] == "cancelled"

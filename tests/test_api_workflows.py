@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasks_app.execution import execute
 from tasks_app.models import Run, Workflow, WorkflowRun
 
 URL = "/api/v1/workflows/"
@@ -12,6 +13,19 @@ DIAMOND = [
     {"key": "C", "task": "noop", "depends_on": ["A"], "kwargs": {"c": 1}},
     {"key": "D", "task": "noop", "depends_on": ["B", "C"], "trigger_rule": "all_done"},
 ]
+
+
+@pytest.fixture
+def run_steps(django_capture_on_commit_callbacks):
+    """Execute a workflow run's steps as a worker would, until none is pending."""
+
+    def run(workflow_run_id: int) -> None:
+        while pending := list(Run.objects.filter(workflow_run_id=workflow_run_id, state="pending")):
+            for step in pending:
+                with django_capture_on_commit_callbacks(execute=True):
+                    execute(step.pk, step.message_number, hostname="w1")
+
+    return run
 
 
 @pytest.fixture
@@ -94,6 +108,37 @@ def test_cancel_and_retry_with_their_409s(api, diamond, broker, django_capture_o
     assert retried.data["state"] == "running"
     now = api.get(path)
     assert {s["key"]: s["state"] for s in now.data["steps"]}["A"] == "pending"  # sent again
+
+
+def test_a_workflow_runs_history_lists_each_of_its_moves(
+    api, diamond, run_steps, broker, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        started = api.post(URL + "diamond/runs/")
+        path = f"{RUNS}{started.data['id']}/"
+        api.post(path + "cancel/")
+        api.post(path + "retry/")
+    run_steps(started.data["id"])  # every step completes: the workflow run does
+
+    events = api.get(path + "events/")
+
+    assert events.status_code == 200
+    moves = [(e["from_state"], e["to_state"], e["actor"], e["actor_name"]) for e in events.data["results"]]
+    assert moves == [
+        ("", "running", "user", "owner"),
+        ("running", "cancelled", "user", "owner"),
+        ("cancelled", "running", "user", "owner"),
+        ("running", "completed", "system", ""),
+    ]
+    assert events.data["results"][2]["reason"] == "retried: A, B, C, D"
+    assert api.get(path).data["state"] == "completed"
+
+
+def test_a_workflow_runs_history_needs_its_view_permission(client_with, diamond) -> None:
+    workflow_run = WorkflowRun.objects.create(workflow=Workflow.objects.get(name="diamond"))
+    path = f"{RUNS}{workflow_run.pk}/events/"
+    assert client_with("view_run").get(path).status_code == 403
+    assert client_with("view_workflowrun").get(path).status_code == 200
 
 
 def test_schedule_can_fire_a_workflow(api, diamond, broker) -> None:

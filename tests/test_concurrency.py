@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from django.conf import settings
 
-from tasks_app import concurrency
+from tasks_app import concurrency, controls, scheduling, submission
 from tasks_app.execution import execute
 from tasks_app.lifecycle import InvalidTransition, RunState
 from tasks_app.models import Run
-from tasks_app.querysets import RunRequest
+from tasks_app.submission import RunRequest
 from tests.conftest import queued_ids
 
 S = RunState
@@ -19,7 +19,7 @@ S = RunState
 def submit(broker, django_capture_on_commit_callbacks):
     def submit_(task, **kwargs) -> Run:
         with django_capture_on_commit_callbacks(execute=True):
-            run, _ = Run.objects.submit(RunRequest(task=task, kwargs=kwargs))
+            run, _ = submission.submit(RunRequest(task=task, kwargs=kwargs))
         run.refresh_from_db()
         return run
 
@@ -29,7 +29,7 @@ def submit(broker, django_capture_on_commit_callbacks):
 def finish(run: Run, django_capture_on_commit_callbacks) -> Run:
     """Execute the run's latest message as a worker would."""
     with django_capture_on_commit_callbacks(execute=True):
-        execute(run.pk, run.dispatches, hostname="w1")
+        execute(run.pk, run.message_number, hostname="w1")
     run.refresh_from_db()
     return run
 
@@ -160,8 +160,8 @@ def test_schedule_of_a_forbid_task_records_a_skipped_fire(
     t0 = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
     schedule = Schedule.objects.create(task=task, interval_seconds=60, start_at=t0, next_fire_at=t0)
     with django_capture_on_commit_callbacks(execute=True):
-        Schedule.objects.fire_due(now=t0)
-        Schedule.objects.fire_due(now=t0 + dt.timedelta(seconds=60))
+        scheduling.fire_due(now=t0)
+        scheduling.fire_due(now=t0 + dt.timedelta(seconds=60))
 
     first, second = Run.objects.filter(schedule=schedule).order_by("scheduled_for")
     assert (first.state, second.state) == (S.PENDING, S.SKIPPED)
@@ -196,7 +196,7 @@ def test_manual_retry_of_a_gated_run_takes_the_lock_as_a_new_run_would(
     failed = finish(submit(task), django_capture_on_commit_callbacks)
 
     with django_capture_on_commit_callbacks(execute=True):
-        failed.retry(by="tester")
+        controls.retry(failed, by="tester")
 
     failed.refresh_from_db()
     assert (failed.state, failed.fence) == (S.PENDING, 2)
@@ -212,7 +212,7 @@ def test_manual_retry_under_replace_cancels_the_active_run(
     active = submit(task)
 
     with django_capture_on_commit_callbacks(execute=True):
-        failed.retry(by="tester")
+        controls.retry(failed, by="tester")
 
     assert Run.objects.get(pk=active.pk).state == S.CANCELLED
     assert Run.objects.get(pk=failed.pk).state == S.PENDING
@@ -247,13 +247,13 @@ def test_resume_of_a_queued_run_paused_in_created_is_refused_while_the_lock_is_h
 ) -> None:
     task = make_task(concurrency_policy="queue")
     active, waiting = submit(task), submit(task)
-    waiting.pause(by="tester")
+    controls.pause(waiting, by="tester")
 
     with pytest.raises(InvalidTransition, match=f"queue: run {active.pk} of this task is active"):
-        waiting.resume(by="tester")
+        controls.resume(waiting, by="tester")
 
     finish(active, django_capture_on_commit_callbacks)
     with django_capture_on_commit_callbacks(execute=True):
-        waiting.resume(by="tester")
+        controls.resume(waiting, by="tester")
     waiting.refresh_from_db()
     assert (waiting.state, waiting.fence) == (S.PENDING, 2)

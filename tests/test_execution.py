@@ -9,6 +9,7 @@ import time_machine
 from django.db import OperationalError
 from django.utils import timezone
 
+from tasks_app import controls, submission
 from tasks_app.execution import execute, patiently, record_hard_timeout
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, RunLog, Task
@@ -87,7 +88,7 @@ def test_hard_time_limit_recorded_from_the_main_process(make_task, make_run) -> 
 
 
 def test_hard_time_limit_of_an_older_message_changes_nothing(make_task, make_run) -> None:
-    run = make_run(make_task(time_limit=2), S.RUNNING, dispatches=2)
+    run = make_run(make_task(time_limit=2), S.RUNNING, message_number=2)
 
     record_hard_timeout(run.pk, 1, error={"type": "TimeLimitExceeded", "message": "m", "traceback": ""})
 
@@ -116,7 +117,7 @@ def test_result_over_the_size_limit_fails_the_run(make_task, make_run, settings)
 
 
 def test_stale_message_runs_nothing(make_task, make_run) -> None:
-    run = make_run(make_task(handler="tests.explode"), S.PENDING, dispatches=3)
+    run = make_run(make_task(handler="tests.explode"), S.PENDING, message_number=3)
 
     execute(run.pk, 2, hostname="w1")
 
@@ -179,9 +180,9 @@ def test_paused_sleep_keeps_its_checkpoint_and_resumes_from_it(make_task, make_r
     task = make_task(handler="builtin.sleep")
     run = make_run(task, S.PAUSED, checkpoint={"remaining": 0.0}, kwargs={"seconds": 30})
 
-    run.resume(by="op")
+    controls.resume(run, by="op")
     run.refresh_from_db()
-    execute(run.pk, run.dispatches, hostname="w1")
+    execute(run.pk, run.message_number, hostname="w1")
 
     run.refresh_from_db()
     assert run.state == S.COMPLETED  # the 30 s were already slept: nothing left
@@ -238,7 +239,7 @@ def test_worker_gives_up_on_the_database_after_its_patience(monkeypatch, setting
 def test_every_message_carries_a_hard_limit_no_longer_than_run_max_duration(
     make_task, broker, settings, django_capture_on_commit_callbacks, limits, run_max, sent
 ) -> None:
-    from tasks_app.querysets import RunRequest
+    from tasks_app.submission import RunRequest
     from tests.conftest import queued_messages
 
     settings.RUN_MAX_DURATION = run_max
@@ -246,6 +247,6 @@ def test_every_message_carries_a_hard_limit_no_longer_than_run_max_duration(
     Task.objects.filter(pk=task.pk).update(**limits)
     task.refresh_from_db()
     with django_capture_on_commit_callbacks(execute=True):
-        Run.objects.submit(RunRequest(task=task))
+        submission.submit(RunRequest(task=task))
     (message,) = queued_messages(broker)
     assert message["headers"]["timelimit"] == sent

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tasks_app import scheduling
 from tasks_app.models import Run
 
 URL = "/api/v1/runs/"
@@ -180,7 +181,7 @@ def test_pause_resume_and_trigger_of_a_schedule_in_any_state_answer_without_a_50
 
     schedule = Schedule.objects.create(task=task, interval_seconds=60)
     Schedule.objects.filter(pk=schedule.pk).update(**damage)
-    Schedule.objects.fire_due()
+    scheduling.fire_due()
     path = f"/api/v1/schedules/{schedule.pk}/"
     for action in ("pause/", "resume/", "resume/", "trigger/", "pause/", "trigger/"):
         response = api.post(path + action)

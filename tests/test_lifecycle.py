@@ -3,18 +3,22 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
+from tasks_app import execution, lifecycle
+from tasks_app.choices import MOVED_OUTSIDE_LIFECYCLE, WorkflowState
 from tasks_app.lifecycle import (
     TERMINAL_STATES,
     TRANSITIONS,
+    WORKFLOW_TRANSITIONS,
     InvalidTransition,
     RunState,
     is_legal,
+    move_fields,
     sources_of,
 )
-from tasks_app.models import Run, RunEvent
-from tasks_app.models.runs import move_fields
+from tasks_app.models import Run, RunEvent, Workflow, WorkflowRun, WorkflowRunEvent
 
 S = RunState
 
@@ -46,7 +50,7 @@ def test_sources_of_inverts_the_table() -> None:
 def test_legal_move_changes_state_and_records_event(make_run, task, source, target) -> None:
     run = make_run(task, source)
 
-    moved_from = run.move(target, reason="because", actor="user", actor_name="alice")
+    moved_from = lifecycle.move(run, target, reason="because", actor="user", actor_name="alice")
 
     assert moved_from == source
     stored = Run.objects.get(pk=run.pk)
@@ -68,7 +72,7 @@ def test_illegal_move_is_refused_and_changes_nothing(make_run, task, source, tar
     before = Run.objects.filter(pk=run.pk).values().get()
 
     with pytest.raises(InvalidTransition) as refused:
-        run.move(target)
+        lifecycle.move(run, target)
 
     assert refused.value.current == source
     assert not is_legal(source, target)
@@ -81,7 +85,7 @@ def test_move_follows_a_concurrent_change_of_state(make_run, task) -> None:
     # Another process moved it on since this instance was read.
     Run.objects.filter(pk=run.pk).update(state=S.PAUSED)
 
-    assert run.move(S.CANCELLED) == S.PAUSED
+    assert lifecycle.move(run, S.CANCELLED) == S.PAUSED
     assert RunEvent.objects.filter(run=run).last().from_state == S.PAUSED
 
 
@@ -111,28 +115,195 @@ def test_move_refused_when_concurrent_change_made_it_illegal(make_run, task) -> 
     Run.objects.filter(pk=run.pk).update(state=S.SKIPPED, finished_at=run.created_at)
 
     with pytest.raises(InvalidTransition):
-        run.move(S.CANCELLED)
+        lifecycle.move(run, S.CANCELLED)
     assert Run.objects.get(pk=run.pk).state == S.SKIPPED
 
 
 def test_claim_with_a_stale_message_number_is_refused(make_run, task) -> None:
-    run = make_run(task, S.PENDING, dispatches=2)
+    run = make_run(task, S.PENDING, message_number=2)
 
     with pytest.raises(InvalidTransition):
-        run.claim(dispatch=1, hostname="w1")
+        execution.claim(run, message_number=1, hostname="w1")
     assert Run.objects.get(pk=run.pk).state == S.PENDING
 
-    run.claim(dispatch=2, hostname="w1")
+    execution.claim(run, message_number=2, hostname="w1")
     stored = Run.objects.get(pk=run.pk)
     assert (stored.state, stored.attempt, stored.worker) == (S.RUNNING, 1, "w1")
 
 
 def test_a_message_cannot_claim_a_run_twice(make_run, task) -> None:
     run = make_run(task, S.PENDING)
-    run.claim(dispatch=1, hostname="w1")
+    execution.claim(run, message_number=1, hostname="w1")
 
     duplicate = Run.objects.get(pk=run.pk)
     duplicate.state = S.PENDING  # as a second worker might have read it
     with pytest.raises(InvalidTransition):
-        duplicate.claim(dispatch=1, hostname="w2")
+        execution.claim(duplicate, message_number=1, hostname="w2")
     assert Run.objects.get(pk=run.pk).attempt == 1
+
+
+def test_a_state_written_without_lifecycles_columns_is_recorded_as_such(make_run, task) -> None:
+    run = make_run(task, S.PENDING, state_reason="submitted", state_actor="user", state_actor_name="alice")
+
+    Run.objects.filter(pk=run.pk).update(state=S.CANCELLED, finished_at=timezone.now())  # plain SQL would
+
+    event = RunEvent.objects.filter(run=run).last()
+    assert (event.from_state, event.to_state, event.reason, event.actor, event.actor_name) == (
+        S.PENDING,
+        S.CANCELLED,
+        MOVED_OUTSIDE_LIFECYCLE,
+        "system",
+        "",
+    )  # not the previous move's "submitted" by alice
+
+
+# --- workflow runs -----------------------------------------------------------------------
+
+W = WorkflowState
+WORKFLOW_CONTRACT = {
+    (W.RUNNING, W.COMPLETED), (W.RUNNING, W.FAILED), (W.RUNNING, W.CANCELLED),
+    (W.FAILED, W.RUNNING), (W.CANCELLED, W.RUNNING),
+}  # fmt: skip
+
+
+@pytest.fixture
+def workflow_run(task) -> WorkflowRun:
+    workflow = Workflow.objects.create(name="w", steps=[])
+    return lifecycle.start_workflow_run(
+        workflow=workflow, at=timezone.now(), actor="user", actor_name="alice"
+    )
+
+
+def place(workflow_run: WorkflowRun, state: WorkflowState) -> WorkflowRun:
+    """The workflow run put in `state` directly: a fixture, not a move."""
+    WorkflowRun.objects.filter(pk=workflow_run.pk).update(state=state)
+    return WorkflowRun.objects.get(pk=workflow_run.pk)
+
+
+def test_workflow_run_table_is_the_contracts() -> None:
+    table = {(source, target) for source, targets in WORKFLOW_TRANSITIONS.items() for target in targets}
+    assert table == WORKFLOW_CONTRACT
+
+
+def test_a_started_workflow_run_has_its_first_event(workflow_run) -> None:
+    event = WorkflowRunEvent.objects.get(workflow_run=workflow_run)
+    assert (event.from_state, event.to_state, event.reason, event.actor, event.actor_name) == (
+        "",
+        W.RUNNING,
+        "started",
+        "user",
+        "alice",
+    )
+
+
+@pytest.mark.parametrize(("source", "target"), sorted(WORKFLOW_CONTRACT))
+def test_legal_workflow_run_move_records_its_event(workflow_run, source, target) -> None:
+    workflow_run = place(workflow_run, source)
+
+    moved_from = lifecycle.move_workflow_run(
+        workflow_run, target, reason="because", actor="user", actor_name="bob"
+    )
+
+    assert moved_from == source
+    stored = WorkflowRun.objects.get(pk=workflow_run.pk)
+    assert stored.state == target
+    assert (stored.finished_at is not None) == (target != W.RUNNING)
+    event = WorkflowRunEvent.objects.filter(workflow_run=workflow_run).last()
+    assert (event.from_state, event.to_state, event.reason, event.actor, event.actor_name) == (
+        source,
+        target,
+        "because",
+        "user",
+        "bob",
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [pair for pair in itertools.product(WorkflowState, WorkflowState) if pair not in WORKFLOW_CONTRACT],
+)
+def test_illegal_workflow_run_move_is_refused_and_changes_nothing(workflow_run, source, target) -> None:
+    workflow_run = place(workflow_run, source)
+    before = WorkflowRun.objects.filter(pk=workflow_run.pk).values().get()
+    events = WorkflowRunEvent.objects.count()
+
+    with pytest.raises(InvalidTransition):
+        lifecycle.move_workflow_run(workflow_run, target, reason="no")
+
+    assert WorkflowRun.objects.filter(pk=workflow_run.pk).values().get() == before
+    assert WorkflowRunEvent.objects.count() == events
+
+
+def test_a_workflow_run_moved_meanwhile_refuses_a_stale_move(workflow_run) -> None:
+    stale = WorkflowRun.objects.get(pk=workflow_run.pk)
+    lifecycle.move_workflow_run(workflow_run, W.CANCELLED, reason="cancelled")
+
+    with pytest.raises(InvalidTransition):
+        lifecycle.move_workflow_run(stale, W.COMPLETED, reason="late")
+    assert WorkflowRun.objects.get(pk=workflow_run.pk).state == W.CANCELLED
+
+
+# --- the hook ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def heard(monkeypatch) -> list[tuple[str, str, str]]:
+    """What a subscriber of lifecycle's hook hears: (kind, source, target) per move."""
+    moves: list[tuple[str, str, str]] = []
+
+    def listen(batch: list[lifecycle.Move]) -> None:
+        moves.extend(("run" if m.is_run else "workflow run", m.source, m.target) for m in batch)
+
+    monkeypatch.setattr(lifecycle, "_subscribers", [*lifecycle._subscribers, listen])
+    return moves
+
+
+def test_subscribers_hear_a_move_after_its_commit_only(
+    make_run, task, heard, django_capture_on_commit_callbacks
+):
+    run = make_run(task, S.CREATED)
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.move(run, S.CANCELLED, reason="cancelled")
+        assert heard == []  # nothing before the commit
+    assert heard == [("run", S.CREATED, S.CANCELLED)]
+
+
+def test_subscribers_hear_nothing_of_a_move_rolled_back(
+    make_run, task, heard, django_capture_on_commit_callbacks
+):
+    run = make_run(task, S.CREATED)
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(RuntimeError), transaction.atomic():
+            lifecycle.move(run, S.CANCELLED, reason="cancelled")
+            raise RuntimeError("the rest of the operation failed")
+    assert heard == []
+    assert Run.objects.get(pk=run.pk).state == S.CREATED
+
+
+def test_births_are_heard_with_no_source(task, heard, django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.insert_runs(
+            [(Run(task=task), S.CREATED, "held"), (Run(task=task), S.PENDING, "due")],
+            at=timezone.now(),
+            actor="user",
+        )
+        lifecycle.start_workflow_run(
+            workflow=Workflow.objects.create(name="w"), at=timezone.now(), actor="user"
+        )
+    assert heard == [("run", "", S.CREATED), ("run", "", S.PENDING), ("workflow run", "", W.RUNNING)]
+
+
+def test_a_failing_subscriber_stops_neither_the_move_nor_the_others(
+    make_run, task, heard, monkeypatch, django_capture_on_commit_callbacks, caplog
+) -> None:
+    def broken(batch: list[lifecycle.Move]) -> None:
+        raise ValueError("broken subscriber")
+
+    monkeypatch.setattr(lifecycle, "_subscribers", [broken, *lifecycle._subscribers])
+    run = make_run(task, S.CREATED)
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.move(run, S.CANCELLED, reason="cancelled")
+
+    assert heard == [("run", S.CREATED, S.CANCELLED)]
+    assert Run.objects.get(pk=run.pk).state == S.CANCELLED
+    assert "broken subscriber" in caplog.text

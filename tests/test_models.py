@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Task
+from tasks_app.run_loader import get_with_task
 
 S = RunState
 
@@ -70,7 +71,7 @@ def test_get_with_task_loads_what_select_related_loads(make_task, make_run) -> N
     )
     expected = Run.objects.select_related("task").get(pk=run.pk)
 
-    loaded = Run.objects.get_with_task(run.pk)
+    loaded = get_with_task(run.pk)
 
     for field in Run._meta.concrete_fields:
         assert getattr(loaded, field.attname) == getattr(expected, field.attname), field.name
@@ -81,4 +82,4 @@ def test_get_with_task_loads_what_select_related_loads(make_task, make_run) -> N
 
 def test_get_with_task_of_a_missing_run_raises_does_not_exist(db) -> None:
     with pytest.raises(Run.DoesNotExist):
-        Run.objects.get_with_task(123456789)
+        get_with_task(123456789)

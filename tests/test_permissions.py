@@ -10,7 +10,7 @@ from django.contrib.auth.models import Permission
 
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Schedule, Task, Workflow, WorkflowRun
-from tasks_app.recovery import record_worker
+from tasks_app.workers import record_worker
 from tests.conftest import VIEW_PERMISSIONS
 
 S = RunState

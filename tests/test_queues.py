@@ -10,7 +10,7 @@ import redis
 import time_machine
 from django.conf import settings
 
-from tasks_app import dispatch
+import tasks_app.broker
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Task
 from tasks_app.recovery import resend_lost_messages
@@ -66,7 +66,7 @@ def test_broker_cache_and_locks_keep_their_keys_under_their_own_prefixes(
 @pytest.mark.parametrize("queue", ["u", "s", "q", "d", "unacked2"])
 def test_the_lost_message_sweep_reads_only_its_own_queues_keys(make_task, make_run, broker, queue) -> None:
     task = make_task(queue=queue)
-    run = make_run(task, S.PENDING, dispatches=1, state_changed_at=NOW - dt.timedelta(minutes=5))
+    run = make_run(task, S.PENDING, message_number=1, state_changed_at=NOW - dt.timedelta(minutes=5))
     # What kombu keeps beside the queues: a message delivered and not yet acknowledged.
     broker.hset(broker_key("unacked"), "tag", json.dumps([{"headers": {"id": "1.1"}}, "", "default"]))
     broker.zadd(broker_key("unacked_index"), {"tag": 1.0})
@@ -83,8 +83,8 @@ def test_queue_length_counts_every_priority_of_one_queue_only(make_task, broker)
     broker.lpush(broker_key("reports") + "\x06\x163", b"{}", b"{}")
     broker.lpush(broker_key("reports-2"), b"{}")
     broker.hset(broker_key("unacked"), "tag", "{}")
-    assert dispatch.queue_length("reports") == 3
-    assert dispatch.queue_length("r") == 0
+    assert tasks_app.broker.queue_length("reports") == 3
+    assert tasks_app.broker.queue_length("r") == 0
 
 
 def test_a_queue_named_like_the_throttles_cache_key_is_harmless(

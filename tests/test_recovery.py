@@ -10,10 +10,12 @@ import time_machine
 from django.db import OperationalError
 from django.utils import timezone
 
+from tasks_app import scheduling
 from tasks_app.lifecycle import RunState
-from tasks_app.models import Run, Schedule, Worker
-from tasks_app.recovery import record_worker, recover_lost_runs, resend_lost_messages
+from tasks_app.models import Run, Worker
+from tasks_app.recovery import recover_lost_runs, resend_lost_messages
 from tasks_app.scheduling import PlatformScheduler
+from tasks_app.workers import record_worker
 from tests.conftest import broker_key, queued_ids
 
 S = RunState
@@ -83,10 +85,12 @@ def test_run_on_an_offline_worker_is_retried_or_failed(make_task, make_run) -> N
 
 def test_run_its_online_worker_no_longer_executes_is_moved_on(make_task, make_run) -> None:
     # The worker lives, but its pool process died under the run, or it could not record the outcome.
-    orphan = make_run(make_task(max_retries=1), S.RUNNING, worker="w@host", started_at=ago(30), dispatches=1)
-    executing = make_run(make_task(), S.RUNNING, worker="w@host", started_at=ago(30), dispatches=2)
-    just_claimed = make_run(make_task(), S.RUNNING, worker="w@host", started_at=ago(3), dispatches=1)
-    silent = make_run(make_task(), S.RUNNING, worker="old@host", started_at=ago(30), dispatches=1)
+    orphan = make_run(
+        make_task(max_retries=1), S.RUNNING, worker="w@host", started_at=ago(30), message_number=1
+    )
+    executing = make_run(make_task(), S.RUNNING, worker="w@host", started_at=ago(30), message_number=2)
+    just_claimed = make_run(make_task(), S.RUNNING, worker="w@host", started_at=ago(3), message_number=1)
+    silent = make_run(make_task(), S.RUNNING, worker="old@host", started_at=ago(30), message_number=1)
     with time_machine.travel(ago(1), tick=False):
         record_worker("w@host", queues=["default"], concurrency=4, executing=[f"{executing.pk}.2"])
         record_worker("old@host", queues=["default"], concurrency=1, executing=None)  # says nothing
@@ -116,23 +120,23 @@ def test_pending_run_whose_message_was_lost_is_sent_again(
     make_task, make_run, broker, django_capture_on_commit_callbacks
 ) -> None:
     task = make_task()
-    lost = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(60))
-    recent = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(5))
+    lost = make_run(task, S.PENDING, message_number=1, state_changed_at=ago(60))
+    recent = make_run(task, S.PENDING, message_number=1, state_changed_at=ago(5))
 
     with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
         assert resend_lost_messages() == 1
-        Run.objects.dispatch_due()  # beat's next tick
+        scheduling.send_due_runs()  # beat's next tick
 
     lost.refresh_from_db()
-    assert lost.dispatches == 2
+    assert lost.message_number == 2
     assert queued_ids(broker) == [f"{lost.pk}.2"]
-    assert Run.objects.get(pk=recent.pk).dispatches == 1
+    assert Run.objects.get(pk=recent.pk).message_number == 1
 
 
 def test_nothing_is_sent_again_while_the_queue_has_messages_or_a_worker_holds_its_own(
     make_task, make_run, broker
 ) -> None:
-    run = make_run(make_task(), S.PENDING, dispatches=1, state_changed_at=ago(60))
+    run = make_run(make_task(), S.PENDING, message_number=1, state_changed_at=ago(60))
     broker.lpush(broker_key("default"), b"{}")
     with time_machine.travel(NOW, tick=False):
         assert resend_lost_messages() == 0
@@ -140,15 +144,15 @@ def test_nothing_is_sent_again_while_the_queue_has_messages_or_a_worker_holds_it
     broker.hset(broker_key("unacked"), "tag", json.dumps([{"headers": {"id": f"{run.pk}.1"}}, "", "default"]))
     with time_machine.travel(NOW, tick=False):
         assert resend_lost_messages() == 0
-    assert Run.objects.get(pk=run.pk).dispatches == 1
+    assert Run.objects.get(pk=run.pk).message_number == 1
 
 
 def test_a_dead_workers_unacknowledged_messages_hold_back_only_their_own_runs(
     make_task, make_run, broker, django_capture_on_commit_callbacks
 ) -> None:
     task = make_task()
-    held = make_run(task, S.PENDING, dispatches=1, state_changed_at=ago(60))
-    lost = make_run(task, S.PENDING, dispatches=3, state_changed_at=ago(60))
+    held = make_run(task, S.PENDING, message_number=1, state_changed_at=ago(60))
+    lost = make_run(task, S.PENDING, message_number=3, state_changed_at=ago(60))
     # kombu keeps a delivered message in "unacked" until acknowledged; a killed worker's stay there.
     for message_id in (f"{held.pk}.1", f"{lost.pk}.2"):
         message = json.dumps([{"headers": {"id": message_id}}, "", "default"])
@@ -156,10 +160,10 @@ def test_a_dead_workers_unacknowledged_messages_hold_back_only_their_own_runs(
 
     with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
         assert resend_lost_messages() == 1
-        Run.objects.dispatch_due()
+        scheduling.send_due_runs()
 
     assert queued_ids(broker) == [f"{lost.pk}.4"]
-    assert Run.objects.get(pk=held.pk).dispatches == 1
+    assert Run.objects.get(pk=held.pk).message_number == 1
 
 
 def test_timestamps_in_the_registry_are_aware(db) -> None:
@@ -179,7 +183,7 @@ def test_beat_gives_workers_their_heartbeat_allowance_after_a_database_outage(
         raise OperationalError(2003, "Can't connect to server on '127.0.0.1'")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Schedule.objects, "fire_due", unreachable)
+        patch.setattr(scheduling, "fire_due", unreachable)
         scheduler.platform_tick()  # the outage: the step fails, beat goes on
     scheduler.platform_tick()  # back, but the workers may not have heartbeaten yet
     assert Run.objects.get(pk=run.pk).state == S.RUNNING

@@ -8,7 +8,8 @@ import pytest
 import time_machine
 from django.db import IntegrityError, transaction
 
-from tasks_app.lifecycle import Trigger
+from tasks_app import scheduling
+from tasks_app.choices import RunTrigger
 from tasks_app.models import Run, Schedule
 from tasks_app.models.schedules import RECOMPUTE
 from tasks_app.scheduling import MIRROR_TASK, PlatformScheduler
@@ -28,7 +29,7 @@ def make_schedule(make_task):
         with time_machine.travel(T0, tick=False):
             schedule = Schedule.objects.create(**fields)
         assert Schedule.objects.get(pk=schedule.pk).next_fire_at == RECOMPUTE  # the insert trigger
-        Schedule.objects.fire_due(now=T0)  # computes the first fire, fires nothing
+        scheduling.fire_due(now=T0)  # computes the first fire, fires nothing
         schedule.refresh_from_db()
         return schedule
 
@@ -36,7 +37,7 @@ def make_schedule(make_task):
 
 
 def fire(now: dt.datetime) -> int:
-    return Schedule.objects.fire_due(now=now)
+    return scheduling.fire_due(now=now)
 
 
 def fired_for(schedule: Schedule) -> list[dt.datetime]:
@@ -60,7 +61,7 @@ def test_due_schedule_fires_one_run_for_its_instant(make_schedule, broker) -> No
     assert fire(at(60.4)) == 1
 
     run = Run.objects.get()
-    assert (run.trigger, run.schedule_id, run.scheduled_for) == (Trigger.SCHEDULE, schedule.pk, at(60))
+    assert (run.trigger, run.schedule_id, run.scheduled_for) == (RunTrigger.SCHEDULE, schedule.pk, at(60))
     assert run.kwargs == {"k": 1}
     assert run.lateness == dt.timedelta(seconds=0.4)
     schedule.refresh_from_db()

@@ -111,14 +111,18 @@ def test_embedded_sqlite_default_keeps_its_triggers_after_every_migration(tmp_pa
     assert {row[0] for row in triggers} == {
         "tasks_app_run_inserted",
         "tasks_app_run_moved",
+        "tasks_app_workflowrun_inserted",
+        "tasks_app_workflowrun_moved",
         "tasks_app_schedule_inserted",
         "tasks_app_schedule_retimed",
         "tasks_app_schedule_mended",
     }
     script = (
-        "from tasks_app.models import Run, Schedule, Task; from tasks_app.querysets import RunRequest;"
+        "from tasks_app.models import Run, Schedule, Task; from tasks_app.submission import RunRequest;"
+        "from tasks_app import execution, submission;"
         "t = Task.objects.create(name='t', handler='builtin.noop');"
-        "r = Run.objects.submit_many([RunRequest(task=t)])[0]; r.claim(1, 'w'); r.complete({}, 'w');"
+        "r = submission.submit_many([RunRequest(task=t)])[0];"
+        "execution.claim(r, 1, 'w'); execution.complete(r, {}, 'w');"
         "s = Schedule.objects.create(task=t, interval_seconds=5); s.refresh_from_db();"
         "print(list(r.events.values_list('to_state', flat=True)), s.next_fire_at.year)"
     )

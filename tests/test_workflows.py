@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from tasks_app import workflows
+from tasks_app import execution, scheduling, workflows
 from tasks_app.execution import execute
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Schedule, Workflow, WorkflowRun
@@ -100,7 +100,7 @@ def run_step(django_capture_on_commit_callbacks):
         run = workflows.latest_runs(workflow_run.pk)[key]
         assert run.state == S.PENDING, f"{key} is {run.state}"
         with django_capture_on_commit_callbacks(execute=True):
-            execute(run.pk, run.dispatches, hostname="w1")
+            execute(run.pk, run.message_number, hostname="w1")
         run.refresh_from_db()
         return run
 
@@ -215,7 +215,7 @@ def test_cancel_in_the_middle_leaves_nothing_running_and_nothing_new(
     assert states(workflow_run) == {"A": S.COMPLETED, "B": S.CANCELLED, "C": S.CANCELLED, "D": S.CANCELLED}
     assert workflow_run.state == "cancelled"
     b = workflows.latest_runs(workflow_run.pk)["B"]
-    execute(b.pk, b.dispatches, hostname="w1")  # its message arrives anyway
+    execute(b.pk, b.message_number, hostname="w1")  # its message arrives anyway
     assert states(workflow_run)["B"] == S.CANCELLED
     with pytest.raises(workflows.WorkflowConflict):
         workflows.cancel(workflow_run)
@@ -226,16 +226,16 @@ def test_two_completions_at_once_send_the_fan_in_step_once(
 ) -> None:
     workflow_run = start(diamond(), django_capture_on_commit_callbacks)
     run_step(workflow_run, "A")
-    for key in "BC":
-        run = workflows.latest_runs(workflow_run.pk)[key]
-        run.claim(run.dispatches, "w1")
-        run.advancing = True  # the advances below stand for both workers' callbacks
-        run.complete({}, "w1")
+    with django_capture_on_commit_callbacks(execute=False):  # the advances below stand for theirs
+        for key in "BC":
+            run = workflows.latest_runs(workflow_run.pk)[key]
+            execution.claim(run, run.message_number, "w1")
+            execution.complete(run, {}, "w1")
     workflows.advance(workflow_run.pk)
     workflows.advance(workflow_run.pk)
 
     d = workflows.latest_runs(workflow_run.pk)["D"]
-    assert (d.state, d.dispatches) == (S.PENDING, 1)
+    assert (d.state, d.message_number) == (S.PENDING, 1)
     assert d.events.filter(to_state=S.PENDING).count() == 1
 
 
@@ -259,9 +259,9 @@ def test_a_schedule_fires_a_workflow_once_per_instant(
     t0 = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
     schedule = Schedule.objects.create(workflow=workflow, interval_seconds=60, start_at=t0, next_fire_at=t0)
     with django_capture_on_commit_callbacks(execute=True):
-        Schedule.objects.fire_due(now=t0)
+        scheduling.fire_due(now=t0)
         Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=t0)  # as a stale scheduler saw it
-        Schedule.objects.fire_due(now=t0)
+        scheduling.fire_due(now=t0)
     workflow_run = WorkflowRun.objects.get(schedule=schedule)
     assert workflow_run.scheduled_for == t0
     assert states(workflow_run)["A"] == S.PENDING
@@ -276,7 +276,7 @@ def test_a_workflow_run_whose_advance_was_lost_is_advanced_by_the_sweep(
     busy = start(copy, django_capture_on_commit_callbacks)
     a = workflows.latest_runs(stalled.pk)["A"]
     with django_capture_on_commit_callbacks(execute=False):  # its process dies before the advance
-        execute(a.pk, a.dispatches, hostname="w1")
+        execute(a.pk, a.message_number, hostname="w1")
     assert states(stalled) == {"A": S.COMPLETED, "B": S.CREATED, "C": S.CREATED, "D": S.CREATED}
 
     with django_capture_on_commit_callbacks(execute=True):

@@ -19,9 +19,10 @@ from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from tasks_app.definitions import InUse
 from tasks_app.lifecycle import InvalidTransition
 from tasks_app.models.workflows import InvalidWorkflow
-from tasks_app.querysets import IdempotencyConflict
+from tasks_app.submission import IdempotencyConflict, TaskDisabled
 from tasks_app.timing import InvalidSchedule
 from tasks_app.workflows import WorkflowConflict
 
@@ -38,11 +39,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, InvalidTransition):
         return Response({"detail": str(exc), "state": exc.current}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, WorkflowConflict):
-        return Response({"detail": str(exc), "state": exc.state}, status=status.HTTP_409_CONFLICT)
+        return Response({"detail": str(exc), "state": exc.current}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, InvalidWorkflow):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, InvalidSchedule):  # a stored row's timing or inputs (validation gives 400s)
         return Response({"detail": f"The schedule cannot fire: {exc}"}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, (TaskDisabled, InUse)):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, IdempotencyConflict):
         return Response({"detail": str(exc), "run": exc.run.pk}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, ProtectedError):  # a schedule still fires the task or workflow

@@ -7,8 +7,8 @@ import django_filters
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 
-from tasks_app.lifecycle import RunState
-from tasks_app.models import Run, WorkflowRun, WorkflowState
+from tasks_app.choices import RunState, WorkflowState
+from tasks_app.models import Run, WorkflowRun
 
 
 class UtcDateTimeField(IsoDateTimeField):

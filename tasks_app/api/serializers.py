@@ -9,11 +9,22 @@ from rest_framework import serializers
 
 from tasks_app import handlers, timing
 from tasks_app.api.versions import FieldsSentOnly
-from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Worker, Workflow, WorkflowRun
+from tasks_app.definitions import validate_steps
+from tasks_app.models import (
+    Run,
+    RunEvent,
+    RunLog,
+    Schedule,
+    Task,
+    Worker,
+    Workflow,
+    WorkflowRun,
+    WorkflowRunEvent,
+)
 from tasks_app.models.schedules import KINDS, schedule_problems, timing_problems
 from tasks_app.models.tasks import PRIORITY_MAX, name_validator
-from tasks_app.models.workflows import InvalidWorkflow, validate_steps
-from tasks_app.querysets import RunRequest
+from tasks_app.models.workflows import InvalidWorkflow
+from tasks_app.submission import RunRequest
 
 BULK_MAX = 1000
 
@@ -123,6 +134,12 @@ class RunSerializer(serializers.ModelSerializer):
 class RunEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = RunEvent
+        fields = ["from_state", "to_state", "at", "reason", "actor", "actor_name"]
+
+
+class WorkflowRunEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WorkflowRunEvent
         fields = ["from_state", "to_state", "at", "reason", "actor", "actor_name"]
 
 

@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasks_app import handlers, scheduling, timing, workflows
+from tasks_app import controls, definitions, handlers, submission, timing, workflows
 from tasks_app.api.errors import Conflict
 from tasks_app.api.filters import RunFilter, WorkflowRunFilter
 from tasks_app.api.pagination import OldestFirstCursorPagination
@@ -36,14 +36,15 @@ from tasks_app.api.serializers import (
     ScheduleSerializer,
     TaskSerializer,
     WorkerSerializer,
+    WorkflowRunEventSerializer,
     WorkflowRunSerializer,
     WorkflowSerializer,
     request_of,
 )
 from tasks_app.api.throttles import SubmitThrottle
 from tasks_app.api.versions import VersionedEdits
-from tasks_app.lifecycle import RunState
-from tasks_app.models import Run, Schedule, Task, Worker, Workflow, WorkflowRun, WorkflowState
+from tasks_app.choices import RunState
+from tasks_app.models import Run, Schedule, Task, Worker, Workflow, WorkflowRun
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -100,15 +101,7 @@ class TaskViewSet(VersionedEdits, viewsets.ModelViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def perform_destroy(self, instance: Task) -> None:
-        active = instance.runs.active().count()
-        if active:
-            raise Conflict(f"Task {instance.name!r} has {active} unfinished run(s); cancel them first.")
-        used_by = instance.used_by()
-        if used_by:
-            raise Conflict(
-                f"Task {instance.name!r} is used by {', '.join(used_by)}; change or delete them first."
-            )
-        instance.delete()
+        definitions.delete_task(instance)
 
 
 def _may_start_workflow_runs(request: Request, workflow: Workflow | None) -> None:
@@ -116,11 +109,6 @@ def _may_start_workflow_runs(request: Request, workflow: Workflow | None) -> Non
     too, as a start does (a schedule of a task needs add_run alone)."""
     if workflow is not None and not request.user.has_perm("tasks_app.add_workflowrun"):
         raise PermissionDenied("A schedule of a workflow starts workflow runs: this needs add_workflowrun.")
-
-
-def _ensure_enabled(task: Task, where: str = "") -> None:
-    if not task.enabled:
-        raise Conflict(f"{where}Task {task.name!r} is disabled.")
 
 
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -154,9 +142,9 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         key = idempotency_key(request)
         submit = RunSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
-        _ensure_enabled(submit.validated_data["task"])
+        submission.ensure_enabled(submit.validated_data["task"])
         SubmitThrottle().take(request, 1)
-        run, created = Run.objects.submit(submit.to_request(key), by=actor_name(request))
+        run, created = submission.submit(submit.to_request(key), by=actor_name(request))
         return Response(
             RunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -168,9 +156,9 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         submit.is_valid(raise_exception=True)
         items = submit.validated_data["runs"]
         for index, item in enumerate(items):
-            _ensure_enabled(item["task"], where=f"runs[{index}]: ")
+            submission.ensure_enabled(item["task"], where=f"runs[{index}]: ")
         SubmitThrottle().take(request, len(items))
-        runs = Run.objects.submit_many([request_of(item) for item in items], by=actor_name(request))
+        runs = submission.submit_many([request_of(item) for item in items], by=actor_name(request))
         return Response(RunSerializer(runs, many=True).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=RunEventSerializer(many=True))
@@ -187,31 +175,31 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(serializer_class(page, many=True).data)
 
-    def _control(self, request: Request, method: str) -> Response:
+    def _control(self, request: Request, control: Any) -> Response:
         run = self.get_object()
-        getattr(run, method)(by=actor_name(request))
+        control(run, by=actor_name(request))
         run.refresh_from_db()
         return Response(RunSerializer(run).data)
 
     @extend_schema(request=None, responses=RunSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
-        return self._control(request, "cancel")
+        return self._control(request, controls.cancel)
 
     @extend_schema(request=None, responses=RunSerializer)
     @action(detail=True, methods=["post"])
     def pause(self, request: Request, pk: str) -> Response:
-        return self._control(request, "pause")
+        return self._control(request, controls.pause)
 
     @extend_schema(request=None, responses=RunSerializer)
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str) -> Response:
-        return self._control(request, "resume")
+        return self._control(request, controls.resume)
 
     @extend_schema(request=None, responses=RunSerializer)
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
-        return self._control(request, "retry")
+        return self._control(request, controls.retry)
 
 
 class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
@@ -231,27 +219,22 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
     def perform_create(self, serializer: ScheduleSerializer) -> None:
         _may_start_workflow_runs(self.request, serializer.validated_data.get("workflow"))
         with transaction.atomic():
-            schedule = serializer.save()
-            scheduling.mirror(schedule)
+            definitions.mirror(serializer.save())
 
     def perform_update(self, serializer: ScheduleSerializer) -> None:
         workflow = serializer.validated_data.get("workflow", serializer.instance.workflow)
         _may_start_workflow_runs(self.request, workflow)
         with transaction.atomic():
-            schedule = serializer.save()
-            scheduling.mirror(schedule)
+            definitions.mirror(serializer.save())
 
     def perform_destroy(self, instance: Schedule) -> None:
-        with transaction.atomic():
-            if instance.periodic_task_id:
-                instance.periodic_task.delete()
-            instance.delete()
+        definitions.delete_schedule(instance)
 
     def _set_enabled(self, enabled: bool) -> Response:
         schedule = self.get_object()
         if enabled:
             _may_start_workflow_runs(self.request, schedule.workflow)
-        if not scheduling.set_enabled(schedule, enabled):
+        if not definitions.set_enabled(schedule, enabled):
             raise Conflict(f"Schedule {schedule.pk} is already {'enabled' if enabled else 'paused'}.")
         return Response(ScheduleSerializer(schedule).data)
 
@@ -278,10 +261,10 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
         """Fire once now: a run with trigger=manual (a workflow run for a workflow's schedule)."""
         schedule = self.get_object()
         if schedule.task_id:
-            _ensure_enabled(schedule.task)
+            submission.ensure_enabled(schedule.task)
         _may_start_workflow_runs(request, schedule.workflow)
         SubmitThrottle().take(request, schedule.workflow.runs_per_start if schedule.workflow_id else 1)
-        fired = scheduling.fire_now(schedule, by=actor_name(request))
+        fired = definitions.fire_now(schedule, by=actor_name(request))
         serializer = WorkflowRunSerializer if schedule.workflow_id else RunSerializer
         return Response(serializer(fired).data, status=status.HTTP_201_CREATED)
 
@@ -316,13 +299,10 @@ class WorkflowViewSet(VersionedEdits, viewsets.ModelViewSet):
     action_permissions = {"runs": ("view_workflow", "add_workflowrun", "add_run")}
 
     def perform_update(self, serializer: WorkflowSerializer) -> None:
-        workflow = serializer.save()
-        Schedule.objects.filter(workflow=workflow).look_again()  # the edit may mend what set them aside
+        definitions.workflow_edited(serializer.save())
 
     def perform_destroy(self, instance: Workflow) -> None:
-        if instance.runs.filter(state=WorkflowState.RUNNING).exists():
-            raise Conflict(f"Workflow {instance.name!r} has running workflow runs; cancel them first.")
-        instance.delete()
+        definitions.delete_workflow(instance)
 
     @extend_schema(request=None, responses={201: WorkflowRunSerializer})
     @action(detail=True, methods=["post"])
@@ -340,7 +320,10 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     serializer_class = WorkflowRunSerializer
     filterset_class = WorkflowRunFilter
     # A retry makes a new run of each step it runs again.
-    action_permissions = {"cancel": ("change_workflowrun",), "retry": ("change_workflowrun", "add_run")}
+    action_permissions = {
+        "cancel": ("change_workflowrun",), "retry": ("change_workflowrun", "add_run"),
+        "events": ("view_workflowrun",),
+    }  # fmt: skip
 
     def get_queryset(self) -> Any:
         return WorkflowRun.objects.select_related("workflow").prefetch_related("step_runs")
@@ -349,6 +332,13 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         workflow_run = self.get_object()
         control(workflow_run, by=actor_name(request))
         return Response(WorkflowRunSerializer(self.get_queryset().get(pk=workflow_run.pk)).data)
+
+    @extend_schema(responses=WorkflowRunEventSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=OldestFirstCursorPagination)
+    def events(self, request: Request, pk: str) -> Response:
+        """The workflow run's own state history (its steps' are their runs' events)."""
+        page = self.paginate_queryset(self.get_object().events.all())
+        return self.get_paginated_response(WorkflowRunEventSerializer(page, many=True).data)
 
     @extend_schema(request=None, responses=WorkflowRunSerializer)
     @action(detail=True, methods=["post"])

@@ -1,11 +1,15 @@
+"""The data: fields, constraints, small pure properties. Models know nothing of brokers,
+Redis, handlers or workflows; tasks_app.lifecycle moves their states."""
+
 from __future__ import annotations
 
+from tasks_app.choices import ConcurrencyPolicy, MisfirePolicy, TriggerRule, WorkflowState
 from tasks_app.models.runs import Run, RunEvent, RunLog
-from tasks_app.models.schedules import MisfirePolicy, Schedule
-from tasks_app.models.tasks import ConcurrencyPolicy, Task
+from tasks_app.models.schedules import Schedule
+from tasks_app.models.tasks import Task
 from tasks_app.models.tokens import ApiToken
 from tasks_app.models.workers import Worker
-from tasks_app.models.workflows import TriggerRule, Workflow, WorkflowRun, WorkflowState
+from tasks_app.models.workflows import Workflow, WorkflowRun, WorkflowRunEvent
 
 __all__ = [
     "ApiToken",
@@ -20,5 +24,6 @@ __all__ = [
     "Worker",
     "Workflow",
     "WorkflowRun",
+    "WorkflowRunEvent",
     "WorkflowState",
 ]

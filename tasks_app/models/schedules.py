@@ -9,9 +9,10 @@ from django.db.models import F, Q
 from django.utils import timezone as clock
 
 from tasks_app import timing
+from tasks_app.choices import MisfirePolicy
 from tasks_app.querysets import ScheduleQuerySet
 
-# A next_fire_at this old means "recompute me": migration 0003's trigger sets it when
+# A next_fire_at this old means "recompute me": a database trigger (db_triggers.py) sets it when
 # an UPDATE changes a schedule's timing, so even a bulk update() is picked up.
 RECOMPUTE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 KINDS = ("cron", "interval_seconds", "run_at")
@@ -60,12 +61,6 @@ def schedule_problems(values: dict[str, Any]) -> dict[str, str]:
     if (values.get("task") is None) == (values.get("workflow") is None):
         problems["task"] = "Give exactly one of task and workflow."
     return problems
-
-
-class MisfirePolicy(models.TextChoices):
-    SKIP = "skip", "fire nothing for instants missed while no scheduler ran"
-    RUN_ONCE = "run_once", "fire one run now for all the missed instants"
-    CATCH_UP = "catch_up", "fire each missed instant (up to SCHEDULE_CATCH_UP_MAX)"
 
 
 class Schedule(models.Model):
@@ -149,7 +144,7 @@ class Schedule(models.Model):
             ),
         ]
         indexes = [
-            # ScheduleQuerySet.fire_due(): enabled schedules whose next fire has come.
+            # scheduling.fire_due(): enabled schedules whose next fire has come.
             models.Index(fields=["enabled", "next_fire_at"], name="schedule_due"),
         ]
 

@@ -7,6 +7,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import Q
 
+from tasks_app.choices import ConcurrencyPolicy
+from tasks_app.models.workflows import Workflow
+
 PRIORITY_MAX = 9
 
 name_validator = RegexValidator(
@@ -45,13 +48,6 @@ def _queue_not_reserved() -> Q:
     for suffix in RESERVED_QUEUE_SUFFIXES:
         reserved |= Q(queue__endswith=suffix)
     return ~reserved
-
-
-class ConcurrencyPolicy(models.TextChoices):
-    ALLOW = "allow", "runs may overlap"
-    FORBID = "forbid", "a new run while one is active is skipped"
-    REPLACE = "replace", "the active run is cancelled, the new one starts"
-    QUEUE = "queue", "the new run waits until the active one ends"
 
 
 class Task(models.Model):
@@ -132,8 +128,6 @@ class Task(models.Model):
 
     def workflows_naming_it(self) -> list[str]:
         """The workflows whose steps name this task."""
-        from tasks_app.models.workflows import Workflow  # a sibling model module, not a cycle
-
         # Steps name their tasks inside JSON; read them here, which works on SQLite too.
         return [
             workflow

@@ -6,18 +6,7 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-
-class TriggerRule(models.TextChoices):
-    ALL_SUCCESS = "all_success", "every upstream step completed"
-    ALL_DONE = "all_done", "every upstream step finished, however"
-    ONE_SUCCESS = "one_success", "at least one upstream step completed"
-
-
-class WorkflowState(models.TextChoices):
-    RUNNING = "running", "steps are running or waiting"
-    COMPLETED = "completed", "every step completed or was skipped, none failed"
-    FAILED = "failed", "every step finished and one failed"
-    CANCELLED = "cancelled", "cancelled by an operator"
+from tasks_app.choices import Actor, TriggerRule, WorkflowState
 
 
 class InvalidWorkflow(ValueError):
@@ -84,16 +73,6 @@ def check_steps(steps: Any, task_names: set[str]) -> list[dict[str, Any]]:
     return normalised
 
 
-def validate_steps(steps: Any) -> list[dict[str, Any]]:
-    """check_steps() against the tasks that exist now."""
-    from tasks_app.models import Task
-
-    steps_given = steps if isinstance(steps, list) else []
-    named = {s.get("task") for s in steps_given if isinstance(s, dict) and isinstance(s.get("task"), str)}
-    existing = Task.objects.filter(name__in=named).values_list("name", flat=True) if named else []
-    return check_steps(steps, set(existing))
-
-
 class Workflow(models.Model):
     """A DAG of steps, each a task with its own kwargs, upstream steps and trigger rule."""
 
@@ -133,6 +112,12 @@ class WorkflowRun(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The latest move, copied into a WorkflowRunEvent by a database trigger (db_triggers.py),
+    # as for runs.
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    state_reason = models.CharField(max_length=500, blank=True)
+    state_actor = models.CharField(max_length=10, choices=Actor.choices, default=Actor.SYSTEM)
+    state_actor_name = models.CharField(max_length=150, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -144,3 +129,21 @@ class WorkflowRun(models.Model):
 
     def __str__(self) -> str:
         return f"workflow run {self.pk} of {self.workflow_id} ({self.state})"
+
+
+class WorkflowRunEvent(models.Model):
+    """One state change of a workflow run: its own history (its steps' are their runs')."""
+
+    workflow_run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events")
+    from_state = models.CharField(max_length=10, choices=WorkflowState.choices, blank=True)
+    to_state = models.CharField(max_length=10, choices=WorkflowState.choices)
+    at = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=500, blank=True)
+    actor = models.CharField(max_length=10, choices=Actor.choices, default=Actor.SYSTEM)
+    actor_name = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_state or '-'} -> {self.to_state}"

@@ -26,7 +26,7 @@ from rest_framework.authtoken.models import Token
 
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Schedule, Task, Workflow, WorkflowRun
-from tasks_app.recovery import record_worker
+from tasks_app.workers import record_worker
 from tests.conftest import wait_until
 from tests.integration.conftest import ROOT, Process, process_env
 
@@ -52,7 +52,7 @@ def seed_objects() -> dict[str, list[Any]]:
     noop = Task.objects.create(name="noop", handler="builtin.noop")
     Task.objects.create(name="sleepy", handler="builtin.sleep", concurrency_policy="forbid")
     runs = [
-        Run.objects.create(task=noop, state=state, dispatches=1, finished_at=at)
+        Run.objects.create(task=noop, state=state, message_number=1, finished_at=at)
         for state, at in ((S.CREATED, None), (S.PENDING, None), (S.FAILED, "2026-01-01T00:00:00Z"),
                           (S.COMPLETED, "2026-01-01T00:00:00Z"), (S.PAUSED, None))
     ]  # fmt: skip

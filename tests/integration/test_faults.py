@@ -31,7 +31,7 @@ def test_a_pickled_message_runs_nothing(platform, report) -> None:
     task = Task.objects.create(name="noop", handler="builtin.noop")
     # A due_at a day on keeps beat's resend sweep away: only the pickled message could run it.
     run = Run.objects.create(
-        task=task, state=S.PENDING, dispatches=1, due_at=timezone.now() + dt.timedelta(days=1)
+        task=task, state=S.PENDING, message_number=1, due_at=timezone.now() + dt.timedelta(days=1)
     )
     # Straight into the queue, as an attacker with broker access would: pickle, not JSON.
     with app.producer_or_acquire() as producer:

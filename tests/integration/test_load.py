@@ -8,9 +8,10 @@ import pytest
 import redis
 from django.conf import settings
 
+from tasks_app import submission
 from tasks_app.lifecycle import TERMINAL_STATES, RunState
 from tasks_app.models import Run, Schedule, Task
-from tasks_app.querysets import RunRequest
+from tasks_app.submission import RunRequest
 from tests.conftest import wait_until
 from tests.integration.conftest import Process, process_env
 from tests.support.handlers import EXECUTIONS
@@ -39,7 +40,7 @@ def test_two_workers_and_two_beats_under_load_lose_nothing_and_run_nothing_twice
         submitted = 0
         deadline = time.monotonic() + LOAD_SECONDS
         while time.monotonic() < deadline:  # a steady stream of submissions
-            Run.objects.submit_many([RunRequest(task=task) for _ in range(PER_SECOND)], by="load")
+            submission.submit_many([RunRequest(task=task) for _ in range(PER_SECOND)], by="load")
             submitted += PER_SECOND
             time.sleep(1)  # pacing the load generator, not waiting for a result
         Schedule.objects.filter(pk__in=[s.pk for s in schedules]).update(enabled=False)

@@ -204,7 +204,7 @@ class Platform:
         """What became of the runs `ids`: states, and executions as the handler's rows show them."""
         marks = ", ".join(["%s"] * len(ids))
         rows = self.mariadb.query(
-            f"SELECT id, state, dispatches FROM tasks_app_run WHERE id IN ({marks})", *ids
+            f"SELECT id, state, message_number FROM tasks_app_run WHERE id IN ({marks})", *ids
         )
         states = {pk: state for pk, state, _ in rows}
         times = dict(
@@ -215,7 +215,7 @@ class Platform:
             "completed": sum(1 for pk in ids if states.get(pk) == "completed"),
             "duplicated": sum(1 for pk in ids if times.get(pk, 0) > 1),
             "lost": sum(1 for pk in ids if states.get(pk) != "completed" or pk not in times),
-            "sent_again": sum(1 for _, _, dispatches in rows if dispatches > 1),
+            "sent_again": sum(1 for _, _, message_number in rows if message_number > 1),
         }
 
     def executed(self, ids: list[int]) -> int:

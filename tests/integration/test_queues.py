@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from scheduler_site.celery import app
+from tasks_app import submission
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Task
-from tasks_app.querysets import RunRequest
 from tasks_app.recovery import resend_lost_messages
+from tasks_app.submission import RunRequest
 from tests.conftest import wait_until
 from tests.integration.conftest import Process, process_env
 
@@ -58,7 +59,7 @@ def test_runs_on_queues_named_like_other_keys_complete_and_the_worker_stays_up(h
     for index, queue in enumerate(HOSTILE):
         task = Task.objects.create(name=f"q{index}", handler="builtin.noop", queue=queue)
         for priority in (9, 0, 5):
-            runs.append(Run.objects.submit(RunRequest(task=task, priority=priority), by="tester")[0])
+            runs.append(submission.submit(RunRequest(task=task, priority=priority), by="tester")[0])
 
     def all_completed() -> bool:
         return Run.objects.filter(pk__in=[r.pk for r in runs], state=S.COMPLETED).count() == len(runs)

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from scheduler_site.celery import app
+from tasks_app import controls, submission
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Task
-from tasks_app.querysets import RunRequest
+from tasks_app.submission import RunRequest
 from tests.conftest import wait_until
 
 S = RunState
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def submit(task: Task, **kwargs: Any) -> Run:
-    run, _ = Run.objects.submit(RunRequest(task=task, kwargs=kwargs), by="tester")
+    run, _ = submission.submit(RunRequest(task=task, kwargs=kwargs), by="tester")
     return run
 
 
@@ -113,7 +114,7 @@ def test_cancel_stops_a_sleeping_run(platform) -> None:
     runs = [wait_for_state(submit(sleeper, seconds=120), S.RUNNING) for _ in range(2)]
 
     for run in runs:
-        run.cancel(by="tester")
+        controls.cancel(run, by="tester")
 
     # ...yet a new run completes at once: the cancelled handlers were stopped.
     wait_for_state(submit(noop), S.COMPLETED, timeout=20)
@@ -132,14 +133,14 @@ def test_pause_and_resume_of_a_sleeping_run_continues_from_its_checkpoint(platfo
     )
 
     run.refresh_from_db()
-    run.pause(by="tester")
+    controls.pause(run, by="tester")
     wait_until(idle_worker, timeout=10, what="the handler to stop at its checkpoint")
     run.refresh_from_db()
     remaining = run.checkpoint["remaining"]
     assert run.state == S.PAUSED
     assert 0 < remaining < 3
 
-    run.resume(by="tester")
+    controls.resume(run, by="tester")
     run = wait_for_state(run, S.COMPLETED)
 
     assert run.result == {"slept": 3.0}

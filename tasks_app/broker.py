@@ -1,10 +1,11 @@
-"""Sending runs to the broker, always after the transaction that made them pending.
+"""Messages to the broker: a run's message, sent always after the transaction that made
+the run pending; a revoke; a queue's length.
 
 A run is committed as `pending` before its message is published. If publishing
 fails (the broker is down) the run stays pending with a `due_at` a few seconds on,
-and beat's RunQuerySet.dispatch_due() sends it again then, under a new message
+and beat's scheduling.send_due_runs() sends it again then, under its next message
 number; a message that still arrives later is harmless, as only the run's latest
-message number can claim it (Run.claim).
+message number can claim it (execution.claim).
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import redis
 from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 
+from tasks_app.choices import RunState
+from tasks_app.lifecycle import Move
+from tasks_app.models import Run
 from tasks_app.models.tasks import PRIORITY_MAX
-
-if TYPE_CHECKING:
-    from tasks_app.models import Run
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +58,6 @@ def publish(runs: Iterable[Run]) -> int:
 
 
 def _resend_later(run_ids: list[int]) -> None:
-    from tasks_app.lifecycle import RunState
-    from tasks_app.models import Run
-
     try:
         Run.objects.filter(pk__in=run_ids, state=RunState.PENDING).update(
             due_at=timezone.now() + RESEND_AFTER
@@ -84,7 +80,7 @@ def _send(app: Any, producer: Any, run: Run) -> None:
     soft, hard = time_limits(task)
     app.send_task(
         task.handler,
-        args=[run.pk, run.dispatches],
+        args=[run.pk, run.message_number],
         task_id=run.message_id,
         queue=task.queue,
         # kombu's Redis transport serves 0 first; our API's 9 is the most urgent.
@@ -93,12 +89,6 @@ def _send(app: Any, producer: Any, run: Run) -> None:
         time_limit=hard,
         producer=producer,
     )
-
-
-@cache
-def broker_client() -> redis.Redis:
-    """A plain Redis client on the broker (locks, queue inspection)."""
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, decode_responses=True)
 
 
 def queue_length(queue: str) -> int:
@@ -116,3 +106,15 @@ def revoke(message_id: str, *, terminate: bool) -> None:
         current_app.control.revoke(message_id, terminate=terminate, signal="SIGTERM")
     except Exception:
         logger.exception("could not revoke message %s", message_id)
+
+
+def revoke_cancelled(moves: list[Move]) -> None:
+    """Subscriber of lifecycle: a run cancelled while its message was out is revoked, and
+    stopped if it was executing."""
+    for moved in moves:
+        if (
+            moved.is_run
+            and moved.target == RunState.CANCELLED
+            and moved.source in (RunState.PENDING, RunState.RUNNING)
+        ):
+            revoke(moved.subject.message_id, terminate=moved.source == RunState.RUNNING)

@@ -1,0 +1,109 @@
+"""Do the worker's two shortcuts past the ORM pay for themselves? Each beside the plain ORM
+call it replaces, interleaved in one process on the same MariaDB:
+
+  move_update   lifecycle._conditional_update() vs Run.objects.filter(...).update(...), with
+                the same fields a claim writes (the event trigger fires for both)
+  load_run      run_loader.get_with_task() vs Run.objects.select_related("task").get()
+
+Each figure is microseconds per call (median of ROUNDS rounds of CALLS calls), and the ratio
+ORM / shortcut. Figures go to bench/results/orm.json.
+
+    .venv/bin/python bench/orm.py [--calls 2000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import RESULTS, ensure_database, platform_env, write_results
+
+
+def per_call_us(operation: Callable[[int], object], calls: int) -> float:
+    started = time.perf_counter()
+    for number in range(calls):
+        operation(number)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    ensure_database()
+    os.environ.update(platform_env(LOG_LEVEL="WARNING"))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from tasks_app import lifecycle
+    from tasks_app.choices import Actor, RunState
+    from tasks_app.models import Run, Task
+    from tasks_app.run_loader import get_with_task
+
+    call_command("migrate", verbosity=0)
+    task, _ = Task.objects.get_or_create(name="bench-orm", defaults={"handler": "builtin.noop"})
+    run = Run.objects.create(task=task, state=RunState.PENDING, message_number=1)
+    states = (RunState.PENDING, RunState.RUNNING)
+
+    def fields(number: int) -> dict:
+        target = states[(number + 1) % 2]
+        return {
+            **lifecycle.move_fields(target, at=timezone.now(), reason="bench", actor=Actor.WORKER),
+            "attempt": number,
+            "worker": "bench@host",
+            "started_at": timezone.now(),
+            "progress": None,
+            "error": None,
+            "due_at": None,
+        }
+
+    def shortcut_update(number: int) -> None:
+        conditions = {"id": run.pk, "state": states[number % 2], "message_number": 1}
+        assert lifecycle._conditional_update(conditions, fields(number)) == 1
+
+    def orm_update(number: int) -> None:
+        updated = Run.objects.filter(pk=run.pk, state=states[number % 2], message_number=1).update(
+            **fields(number)
+        )
+        assert updated == 1
+
+    figures: dict[str, dict[str, list[float]]] = {
+        "move_update": {"shortcut_us": [], "orm_us": []},
+        "load_run": {"shortcut_us": [], "orm_us": []},
+    }
+    for _round in range(args.rounds):
+        # An even number of calls each: the run ends every round where it started.
+        figures["move_update"]["shortcut_us"].append(per_call_us(shortcut_update, args.calls))
+        figures["move_update"]["orm_us"].append(per_call_us(orm_update, args.calls))
+        figures["load_run"]["shortcut_us"].append(per_call_us(lambda _n: get_with_task(run.pk), args.calls))
+        figures["load_run"]["orm_us"].append(
+            per_call_us(lambda _n: Run.objects.select_related("task").get(pk=run.pk), args.calls)
+        )
+    Run.objects.filter(task=task).delete()
+    shown = {}
+    for name, sides in figures.items():
+        shortcut, orm = statistics.median(sides["shortcut_us"]), statistics.median(sides["orm_us"])
+        shown[name] = {
+            "shortcut_us": round(shortcut, 1),
+            "orm_us": round(orm, 1),
+            "orm_over_shortcut": round(orm / shortcut, 2),
+        }
+    write_results(
+        str(RESULTS / "orm.json"),
+        {"calls": args.calls, "rounds": args.rounds, **figures, "median": shown},
+        shown,
+    )
+
+
+if __name__ == "__main__":
+    main()

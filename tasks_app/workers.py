@@ -1,0 +1,94 @@
+"""The worker registry: every worker records itself when ready and heartbeats from a thread
+of its main process, listing the messages it executes; it is offline after
+WORKER_MISSED_HEARTBEATS missed beats (Worker.online). recovery.py judges runs by it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from typing import Any
+
+import celery
+from celery.signals import worker_ready, worker_shutdown
+from celery.worker import state as worker_state
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections
+from django.utils import timezone
+
+from tasks_app.models import Worker
+
+logger = logging.getLogger(__name__)
+_stop = threading.Event()
+
+
+def record_worker(
+    hostname: str,
+    *,
+    queues: list[str],
+    concurrency: int,
+    executing: list[str] | None = None,
+    now: dt.datetime | None = None,
+) -> None:
+    now = now or timezone.now()
+    described = {
+        "queues": queues,
+        "concurrency": concurrency,
+        "pid": os.getpid(),
+        "version": celery.__version__,
+        "last_heartbeat": now,
+        "executing": executing,
+    }
+    Worker.objects.update_or_create(
+        hostname=hostname,
+        defaults={**described, "stopped_at": None},
+        create_defaults={**described, "started_at": now},
+    )
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
+    consumer = sender
+    hostname = consumer.hostname
+    queues = sorted(q.name for q in consumer.task_consumer.queues) if consumer.task_consumer else []
+    concurrency = getattr(consumer.controller, "concurrency", 0) or 0
+
+    def beat() -> None:
+        while True:
+            try:
+                close_old_connections()
+                # The time first: whatever started before it is in the list that follows.
+                now = timezone.now()
+                record_worker(
+                    hostname, queues=queues, concurrency=concurrency, executing=_executing(), now=now
+                )
+            except (OperationalError, InterfaceError) as exc:
+                logger.warning("worker heartbeat failed: database unreachable: %s", exc)
+            except Exception:
+                logger.exception("worker heartbeat failed")
+            if _stop.wait(settings.WORKER_HEARTBEAT_INTERVAL):
+                return
+
+    threading.Thread(target=beat, name="tasks_app-heartbeat", daemon=True).start()
+
+
+def _executing() -> list[str]:
+    """Ids of the messages this worker's pool is executing (read from the heartbeat thread)."""
+    while True:
+        try:
+            return sorted(request.id for request in list(worker_state.active_requests))
+        except RuntimeError:  # the set changed while it was copied: copy again
+            continue
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(sender: Any = None, **kwargs: Any) -> None:
+    _stop.set()
+    try:
+        Worker.objects.filter(hostname=getattr(sender, "hostname", ""), pid=os.getpid()).update(
+            stopped_at=timezone.now()
+        )
+    except Exception:
+        logger.exception("could not record the worker's stop")
