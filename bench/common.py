@@ -15,6 +15,18 @@ DB_URL = os.environ.get("BENCH_DATABASE_URL", "mysql://root@127.0.0.1:3306/bench
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
 
 
+# The platform's broker keys are under this prefix (scheduler_site/settings.py BROKER_KEY_PREFIX);
+# a client that pings its workers must use it too. Stock Celery's keys have none.
+PLATFORM_BROKER_OPTIONS = {"global_keyprefix": "broker:"}
+
+
+def probe(platform: bool) -> Any:
+    """A Celery client on the benchmark's broker, to ping the workers of one side."""
+    from celery import Celery
+
+    return Celery(broker=BROKER_URL, broker_transport_options=PLATFORM_BROKER_OPTIONS if platform else {})
+
+
 def platform_env(settings_module: str = "scheduler_site.settings", **extra: str) -> dict[str, str]:
     """The environment of a process running the platform against the benchmark's database and Redis."""
     return {

@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wait_until, write_results
+from bench.common import probe as bench_probe
 
 SCENARIOS = ["plain", "results", "platform"]
 CHUNK = 1000  # runs per bulk submission, the API's limit
@@ -81,12 +82,11 @@ def start_worker(scenario: str) -> subprocess.Popen[bytes]:
 
 def run_scenario(scenario: str, runs: int) -> dict[str, Any]:
     import redis
-    from celery import Celery
 
     redis.Redis.from_url(BROKER_URL).flushdb()
     worker = start_worker(scenario)
     try:
-        probe = Celery(broker=BROKER_URL)
+        probe = bench_probe(scenario == "platform")
         wait_until(lambda: probe.control.ping(timeout=0.5), 60, f"the {scenario} worker")
         done = subprocess.run(
             [sys.executable, __file__, "--submit", scenario, "--runs", str(runs)],

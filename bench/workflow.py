@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until, write_results
+from bench.common import probe as bench_probe
 
 STEPS = 200
 WIDTH = 50
@@ -65,7 +66,6 @@ def main() -> None:
 
     django.setup()
     import redis
-    from celery import Celery
 
     from tasks_app import submission, workflows
     from tasks_app.models import Run, Task, Workflow, WorkflowRun
@@ -84,7 +84,7 @@ def main() -> None:
     )  # fmt: skip
     figures: dict[str, list[float]] = {"dag_s": [], "independent_s": []}
     try:
-        probe = Celery(broker=BROKER_URL)
+        probe = bench_probe(platform=True)
         wait_until(lambda: probe.control.ping(timeout=0.5), 60, "the worker")
         for number in range(args.rounds):
             started = time.perf_counter()

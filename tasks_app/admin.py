@@ -77,6 +77,16 @@ class ChangedFieldsOnly:
         obj.refresh_from_db()  # what is stored now, not what the page showed
 
 
+def _delete_each(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, delete: Any) -> None:
+    """Delete each row by the domain's rule (definitions.py), saying why for any it refuses:
+    the confirmation page listed what holds them, but a run may have started since."""
+    for obj in queryset:
+        try:
+            delete(obj)
+        except InUse as exc:
+            modeladmin.message_user(request, str(exc), messages.WARNING)
+
+
 class TaskForm(SeenValuesForm):
     # Only registered handlers can be picked: a handler is code, never text from a form.
     handler = forms.ChoiceField(choices=())
@@ -124,15 +134,17 @@ class TaskAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
         self.delete_queryset(request, Task.objects.filter(pk=obj.pk))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        for task in queryset:
-            try:
-                definitions.delete_task(task)
-            except InUse as exc:  # a run started since the confirmation page
-                self.message_user(request, str(exc), messages.WARNING)
+        _delete_each(self, request, queryset, definitions.delete_task)
 
     @admin.action(description="Run now", permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        tasks = [task for task in queryset if task.enabled]
+        tasks = []
+        for task in queryset:
+            try:
+                submission.ensure_enabled(task)  # the API's rule
+                tasks.append(task)
+            except submission.TaskDisabled as exc:
+                self.message_user(request, str(exc), messages.WARNING)
         if not tasks:
             self.message_user(request, "No enabled task was selected.", messages.WARNING)
             return
@@ -351,11 +363,13 @@ class ScheduleAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
     def fire_now(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         fired = 0
         for schedule in queryset.select_related("task", "workflow"):
-            if (schedule.task_id and not schedule.task.enabled) or not self._may_fire(request, schedule):
+            if not self._may_fire(request, schedule):
                 continue
             try:
                 definitions.fire_now(schedule, by=request.user.get_username())
                 fired += 1
+            except submission.TaskDisabled as exc:
+                self.message_user(request, f"{schedule}: {exc}", messages.WARNING)
             except (InvalidSchedule, InvalidWorkflow) as exc:  # a row written past validation
                 self.message_user(request, f"{schedule}: {exc}", messages.WARNING)
         self.message_user(request, f"Fired {fired} schedule(s).")
@@ -402,11 +416,7 @@ class WorkflowAdmin(MakesRuns, ChangedFieldsOnly, admin.ModelAdmin):
         self.delete_queryset(request, Workflow.objects.filter(pk=obj.pk))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
-        for workflow in queryset:
-            try:
-                definitions.delete_workflow(workflow)
-            except InUse as exc:
-                self.message_user(request, str(exc), messages.WARNING)
+        _delete_each(self, request, queryset, definitions.delete_workflow)
 
     @admin.action(description="Start a run of the selected workflows", permissions=["start"])
     def start(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:

@@ -12,8 +12,9 @@
 Why triggers rather than an INSERT beside each UPDATE (healthchecks' create_flip): the
 worker's claim and finish stay one autocommit statement each, with no transaction to open
 (bench/e2e.py), and the guarantee covers writes that bypass the code. Both vendors get
-the same behaviour from the same constants; the migrations that install them (0015) and
-the repair after SQLite's table rebuilds (apps.py) call `statements()`.
+the same behaviour from the same constants; the migration that installs them (0015) and
+the repair after SQLite's table rebuilds (apps.py) call `statements()`. A change here
+needs a new migration that installs them again, as 0015 does.
 """
 
 from __future__ import annotations

@@ -98,7 +98,10 @@ def _same_request(existing: Run, request: RunRequest) -> Run:
 
 
 def submit_many(requests: list[RunRequest], *, by: str = "", now: dt.datetime | None = None) -> list[Run]:
-    """Create runs in one INSERT; those due now are published after it commits."""
+    """Create runs in one INSERT; those due now are published after it commits. Raises
+    TaskDisabled, creating none, if a request names a disabled task."""
+    for index, request in enumerate(requests):
+        ensure_enabled(request.task, where=f"runs[{index}]: " if len(requests) > 1 else "")
     now = now or timezone.now()
     actor = Actor.SCHEDULE if requests and requests[0].trigger == RunTrigger.SCHEDULE else Actor.USER
     born = []

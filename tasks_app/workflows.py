@@ -97,7 +97,8 @@ def _create_step_runs(
 
 
 def latest_runs(workflow_run_id: int) -> dict[str, Run]:
-    """Each step's current run (a retry adds a newer one)."""
+    """Each step's run (the latest of its key: a workflow run retried before retries reused
+    the same runs has several)."""
     return {run.step: run for run in Run.objects.filter(workflow_run_id=workflow_run_id).order_by("id")}
 
 
@@ -108,51 +109,76 @@ def advance(workflow_run_id: int) -> None:
         workflow_run = WorkflowRun.objects.select_for_update().filter(pk=workflow_run_id).first()
         if workflow_run is None or workflow_run.state != W.RUNNING:
             return
-        # States only: a 200-step workflow is advanced after each of its 200 steps.
-        state, ids = {}, {}
-        for pk, key, current_state in (
-            Run.objects.filter(workflow_run_id=workflow_run_id)
-            .order_by("id")
-            .values_list("id", "step", "state")
-        ):
-            state[key], ids[key] = current_state, pk
-        decided: dict[str, tuple[str, str]] = {}
-        changed = True
-        while changed:  # a skip can decide its downstream steps
-            changed = False
-            for step in workflow_run.steps:
-                key = step["key"]
-                if state[key] != S.CREATED:
-                    continue
-                decision = verdict(step["trigger_rule"], [state[up] for up in step["depends_on"]])
-                if decision == RUN:
-                    decided[key], state[key] = (S.PENDING, "upstream steps done"), S.PENDING
-                elif decision == SKIP:
-                    upstream = ", ".join(f"{up} {state[up]}" for up in step["depends_on"])
-                    decided[key] = (S.SKIPPED, f"{step['trigger_rule']} not met: {upstream}")
-                    state[key], changed = S.SKIPPED, True
-        runs = Run.objects.select_related("task").in_bulk([ids[key] for key in decided])
-        to_send = []
-        for key, (target, reason) in decided.items():
-            run = runs[ids[key]]
-            try:
-                lifecycle.move(run, target, only_from=frozenset({S.CREATED}), new_message=target == S.PENDING,
-                               reason=reason, actor=Actor.SYSTEM)  # fmt: skip
-            except InvalidTransition as exc:  # moved meanwhile (a cancel): its own advance follows
-                logger.info("workflow run %s: %s", workflow_run_id, exc)
+        _advance(workflow_run)
+
+
+def _advance(workflow_run: WorkflowRun, *, actor: str = Actor.SYSTEM, actor_name: str = "") -> None:
+    """advance() of a running workflow run whose row the caller holds locked."""
+    # States only: a 200-step workflow is advanced after each of its 200 steps.
+    state, ids = {}, {}
+    for pk, key, current in (
+        Run.objects.filter(workflow_run_id=workflow_run.pk).order_by("id").values_list("id", "step", "state")
+    ):
+        state[key], ids[key] = current, pk
+    # A failed or cancelled step that a retry runs again waits for its upstream steps as a
+    # created one does; its downstream steps see it as not done yet.
+    awaiting = {key for key in workflow_run.awaiting_retry if state.get(key) in (S.FAILED, S.CANCELLED)}
+    seen = {key: S.CREATED if key in awaiting else current for key, current in state.items()}
+    decided: dict[str, tuple[str, str]] = {}
+    changed = True
+    while changed:  # a skip can decide its downstream steps
+        changed = False
+        for step in workflow_run.steps:
+            key = step["key"]
+            if seen[key] != S.CREATED:
                 continue
-            if target == S.PENDING:
-                to_send.append(run)
-        if all(current in TERMINAL_STATES for current in state.values()):
-            failed = sorted(key for key, current in state.items() if current in (S.FAILED, S.CANCELLED))
-            if failed:
-                reason = f"every step finished; {', '.join(failed)} did not complete"
-                lifecycle.move_workflow_run(workflow_run, W.FAILED, reason=reason[:500])
-            else:
-                lifecycle.move_workflow_run(
-                    workflow_run, W.COMPLETED, reason="every step completed or was skipped"
-                )
-        transaction.on_commit(lambda: broker.publish(to_send))
+            decision = verdict(step["trigger_rule"], [seen[up] for up in step["depends_on"]])
+            if decision == RUN:
+                reason = "retried with its workflow run" if key in awaiting else "upstream steps done"
+                decided[key], seen[key] = (S.PENDING, reason), S.PENDING
+            elif decision == SKIP:
+                upstream = ", ".join(f"{up} {seen[up]}" for up in step["depends_on"])
+                # A step awaiting its retry keeps its last outcome: failed -> skipped is no move.
+                target = state[key] if key in awaiting else S.SKIPPED
+                decided[key] = (target, f"{step['trigger_rule']} not met: {upstream}")
+                seen[key], changed = target, True
+    runs = Run.objects.select_related("task").in_bulk([ids[key] for key in decided])
+    to_send = []
+    for key, (target, reason) in decided.items():
+        run = runs[ids[key]]
+        if target == run.state:  # an awaited retry that will not run after all
+            continue
+        again = key in awaiting  # a new attempt of the same run, with a fresh retry budget
+        try:
+            lifecycle.move(
+                run,
+                target,
+                only_from=frozenset({S.FAILED, S.CANCELLED} if again else {S.CREATED}),
+                new_message=target == S.PENDING,
+                reason=reason,
+                actor=actor,
+                actor_name=actor_name,
+                **({"retries": 0, "result": None, "due_at": None} if again else {}),
+            )
+        except InvalidTransition as exc:  # moved meanwhile (a cancel): its own advance follows
+            logger.info("workflow run %s: %s", workflow_run.pk, exc)
+            continue
+        if target == S.PENDING:
+            to_send.append(run)
+    still_awaiting = sorted(awaiting - set(decided))
+    if still_awaiting != sorted(workflow_run.awaiting_retry):
+        WorkflowRun.objects.filter(pk=workflow_run.pk).update(awaiting_retry=still_awaiting)
+        workflow_run.awaiting_retry = still_awaiting
+    if all(current in TERMINAL_STATES for current in seen.values()):
+        failed = sorted(key for key, current in seen.items() if current in (S.FAILED, S.CANCELLED))
+        if failed:
+            reason = f"every step finished; {', '.join(failed)} did not complete"
+            lifecycle.move_workflow_run(workflow_run, W.FAILED, reason=reason[:500])
+        else:
+            lifecycle.move_workflow_run(
+                workflow_run, W.COMPLETED, reason="every step completed or was skipped"
+            )
+    transaction.on_commit(lambda: broker.publish(to_send))
 
 
 def advance_finished_steps(moves: list[Move]) -> None:
@@ -183,8 +209,8 @@ def cancel(workflow_run: WorkflowRun, *, by: str = "") -> None:
 
 
 def retry(workflow_run: WorkflowRun, *, by: str = "") -> None:
-    """Run the failed, cancelled and skipped steps again, with everything downstream of
-    them; completed steps keep their results."""
+    """A new attempt of each failed or cancelled step, once its upstream steps allow it, and
+    the skipped steps back to created; completed steps keep their results."""
     with transaction.atomic():
         locked = WorkflowRun.objects.select_for_update().get(pk=workflow_run.pk)
         if locked.state not in (W.FAILED, W.CANCELLED):
@@ -192,35 +218,31 @@ def retry(workflow_run: WorkflowRun, *, by: str = "") -> None:
                 f"Workflow run {locked.pk} is {locked.state}: only a failed or cancelled one can be retried.",
                 locked.state,
             )
+        runs = latest_runs(locked.pk)
         again = steps_to_retry(locked)
-        now = timezone.now()
-        _create_step_runs(locked, [s for s in locked.steps if s["key"] in again], by=by, now=now)
+        for key in sorted(again):
+            if runs[key].state == S.SKIPPED:
+                lifecycle.move(runs[key], S.CREATED, reason="retried with its workflow run", actor=Actor.USER,
+                               actor_name=by)  # fmt: skip
+        awaiting = sorted(key for key in again if runs[key].state in (S.FAILED, S.CANCELLED))
+        WorkflowRun.objects.filter(pk=locked.pk).update(awaiting_retry=awaiting)
+        locked.awaiting_retry = awaiting
         lifecycle.move_workflow_run(
             locked,
             W.RUNNING,
             reason=f"retried: {', '.join(sorted(again))}"[:500],
             actor=Actor.USER,
             actor_name=by,
-            at=now,
         )
-        transaction.on_commit(lambda: advance(locked.pk))
+        _advance(locked, actor=Actor.USER, actor_name=by)
     workflow_run.refresh_from_db()
 
 
 def steps_to_retry(workflow_run: WorkflowRun) -> set[str]:
-    """The keys of the steps a retry runs again: the failed, cancelled and skipped ones,
-    with everything downstream of them."""
+    """The keys of the steps a retry runs again: the failed, cancelled and skipped ones.
+    (A skipped step always has one of them upstream; completed steps are never run again.)"""
     states = {run.step: run.state for run in latest_runs(workflow_run.pk).values()}
-    again = {key for key, state in states.items() if state in (S.FAILED, S.CANCELLED, S.SKIPPED)}
-    downstream = {step["key"]: [s["key"] for s in workflow_run.steps if step["key"] in s["depends_on"]]
-                  for step in workflow_run.steps}  # fmt: skip
-    pending = list(again)
-    while pending:
-        for child in downstream[pending.pop()]:
-            if child not in again:
-                again.add(child)
-                pending.append(child)
-    return again
+    return {key for key, state in states.items() if state in (S.FAILED, S.CANCELLED, S.SKIPPED)}
 
 
 def upstream_results(run: Run) -> dict[str, Any]:

@@ -287,15 +287,15 @@ def test_admin_controls_on_rows_that_cannot_fire_say_why(admin_client, task, mak
     Run.objects.create(task=renamed, workflow_run=workflow_run, step="a", state="failed", finished_at=T)
     Task.objects.filter(pk=renamed.pk).update(name="renamed-by-sql")  # the steps name nothing now
 
-    for url, action, pk in [
-        ("schedule", "fire_now", schedule.pk),
-        ("workflow", "start", workflow.pk),
-        ("workflowrun", "retry", workflow_run.pk),
-    ]:
+    for url, action, pk in [("schedule", "fire_now", schedule.pk), ("workflow", "start", workflow.pk)]:
         data = {"action": action, "_selected_action": [pk]}
         page = admin_client.post(f"/admin/tasks_app/{url}/", data, follow=True).content.decode()
         assert "no longer exist" in page or "kwargs must be" in page, url
     assert Run.objects.count() == 1
+    # A retry is a new attempt of the step's own run: it still has its task.
+    data = {"action": "retry", "_selected_action": [workflow_run.pk]}
+    admin_client.post("/admin/tasks_app/workflowrun/", data, follow=True)
+    assert Run.objects.get().state == RunState.PENDING
 
 
 def test_an_admin_edit_is_checked_against_the_row_as_it_is_now(admin_client, api, task) -> None:

@@ -273,7 +273,7 @@ def test_a_date_filter_past_the_calendar_is_a_400(api, instant) -> None:
         assert name in response.data
 
 
-def test_a_workflow_retry_counts_the_runs_it_makes(api, task, broker, settings) -> None:
+def test_a_workflow_retry_counts_the_steps_it_runs_again(api, task, broker, settings) -> None:
     from tasks_app.models import Workflow, WorkflowRun
 
     settings.SUBMIT_THROTTLE_RATE = "1/min"

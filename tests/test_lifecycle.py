@@ -30,7 +30,7 @@ CONTRACT = {
     (S.RUNNING, S.CANCELLED), (S.RUNNING, S.PAUSED),
     (S.RETRYING, S.PENDING), (S.RETRYING, S.PAUSED), (S.RETRYING, S.CANCELLED),
     (S.PAUSED, S.PENDING), (S.PAUSED, S.CANCELLED),
-    (S.FAILED, S.PENDING), (S.CANCELLED, S.PENDING),
+    (S.FAILED, S.PENDING), (S.CANCELLED, S.PENDING), (S.SKIPPED, S.CREATED),
 }  # fmt: skip
 
 ALL_PAIRS = list(itertools.product(RunState, RunState))
@@ -43,7 +43,7 @@ def test_transition_table_is_the_contracts() -> None:
 
 def test_sources_of_inverts_the_table() -> None:
     assert sources_of(S.PENDING) == {S.CREATED, S.RETRYING, S.PAUSED, S.FAILED, S.CANCELLED}
-    assert sources_of(S.CREATED) == set()
+    assert sources_of(S.CREATED) == {S.SKIPPED}  # a workflow retry's, only
 
 
 @pytest.mark.parametrize(("source", "target"), sorted(CONTRACT))

@@ -179,7 +179,7 @@ def test_all_done_runs_downstream_of_a_failure(
     assert states(workflow_run)["D"] == S.COMPLETED
 
 
-def test_retry_runs_only_the_failed_step_and_its_downstream(
+def test_retry_is_a_new_attempt_of_the_failed_step_and_its_skipped_downstream_back_to_created(
     diamond, run_step, broker, django_capture_on_commit_callbacks
 ) -> None:
     from tasks_app.models import Task
@@ -192,15 +192,46 @@ def test_retry_runs_only_the_failed_step_and_its_downstream(
 
     with django_capture_on_commit_callbacks(execute=True):
         workflows.retry(workflow_run, by="tester")
+
     after = workflows.latest_runs(workflow_run.pk)
-    assert {k for k in "ABCD" if after[k].pk != before[k].pk} == {"B", "D"}
-    assert after["A"].result == before["A"].result
+    assert {key: run.pk for key, run in after.items()} == {key: run.pk for key, run in before.items()}
+    assert states(workflow_run) == {"A": S.COMPLETED, "B": S.PENDING, "C": S.COMPLETED, "D": S.CREATED}
+    assert after["A"].result == before["A"].result  # completed steps untouched
+    assert (after["B"].message_number, after["B"].retries) == (2, 0)  # a new attempt, its own message
+    d_moves = list(after["D"].events.values_list("from_state", "to_state", "actor_name"))
+    assert d_moves[-1] == (S.SKIPPED, S.CREATED, "tester")
     run_step(workflow_run, "B")
     run_step(workflow_run, "D")
 
     workflow_run.refresh_from_db()
     assert workflow_run.state == "completed"
-    assert Run.objects.filter(workflow_run=workflow_run).count() == 6
+    assert Run.objects.filter(workflow_run=workflow_run).count() == 4
+    assert after["B"].events.filter(to_state=S.RUNNING).count() == 2  # attempts 1 and 2
+
+
+def test_a_retried_step_below_another_waits_for_it(
+    make_task, run_step, broker, django_capture_on_commit_callbacks
+):
+    from tasks_app.models import Task
+
+    make_task(name="boom", handler="tests.explode")
+    steps = [step("A", task="boom"), step("B", ["A"], task="boom", rule="all_done")]
+    workflow = Workflow.objects.create(name="chain", steps=check_steps(steps, {"boom"}))
+    workflow_run = start(workflow, django_capture_on_commit_callbacks)
+    run_step(workflow_run, "A")
+    run_step(workflow_run, "B")  # all_done: it ran after A failed, and failed too
+    assert states(workflow_run) == {"A": S.FAILED, "B": S.FAILED}
+    Task.objects.filter(name="boom").update(handler="builtin.noop")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        workflows.retry(workflow_run, by="tester")
+    assert states(workflow_run) == {"A": S.PENDING, "B": S.FAILED}  # B waits for A's new attempt
+    run_step(workflow_run, "A")
+    assert states(workflow_run) == {"A": S.COMPLETED, "B": S.PENDING}
+    run_step(workflow_run, "B")
+
+    workflow_run.refresh_from_db()
+    assert (workflow_run.state, workflow_run.awaiting_retry) == ("completed", [])
 
 
 def test_cancel_in_the_middle_leaves_nothing_running_and_nothing_new(

@@ -142,7 +142,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         key = idempotency_key(request)
         submit = RunSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
-        submission.ensure_enabled(submit.validated_data["task"])
+        submission.ensure_enabled(submit.validated_data["task"])  # before the throttle counts it
         SubmitThrottle().take(request, 1)
         run, created = submission.submit(submit.to_request(key), by=actor_name(request))
         return Response(
@@ -210,7 +210,7 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
     action_permissions = {
         "create": ("add_schedule", "add_run"), "partial_update": ("change_schedule", "add_run"),
         "pause": ("change_schedule",), "resume": ("change_schedule", "add_run"),
-        "trigger": ("view_schedule", "add_run"), "preview": ("view_schedule",),
+        "fire_now": ("view_schedule", "add_run"), "preview": ("view_schedule",),
     }  # fmt: skip
 
     def get_queryset(self) -> Any:
@@ -256,8 +256,8 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
             )
         },
     )
-    @action(detail=True, methods=["post"])
-    def trigger(self, request: Request, pk: str) -> Response:
+    @action(detail=True, methods=["post"], url_path="trigger")
+    def fire_now(self, request: Request, pk: str) -> Response:
         """Fire once now: a run with trigger=manual (a workflow run for a workflow's schedule)."""
         schedule = self.get_object()
         if schedule.task_id:
@@ -319,7 +319,7 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     queryset = WorkflowRun.objects.all()
     serializer_class = WorkflowRunSerializer
     filterset_class = WorkflowRunFilter
-    # A retry makes a new run of each step it runs again.
+    # A retry sends each step it runs again: a run each, as a submission is.
     action_permissions = {
         "cancel": ("change_workflowrun",), "retry": ("change_workflowrun", "add_run"),
         "events": ("view_workflowrun",),

@@ -7,6 +7,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tasks_app.choices import TERMINAL_STATES, Actor, RunState, RunTrigger
+from tasks_app.models.events import Event
 from tasks_app.querysets import RunQuerySet
 
 S = RunState
@@ -116,22 +117,12 @@ class Run(models.Model):
         return None
 
 
-class RunEvent(models.Model):
+class RunEvent(Event):
     """One state change of a run: the run's history."""
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
     from_state = models.CharField(max_length=10, choices=RunState.choices, blank=True)
     to_state = models.CharField(max_length=10, choices=RunState.choices)
-    at = models.DateTimeField(default=timezone.now)
-    reason = models.CharField(max_length=500, blank=True)
-    actor = models.CharField(max_length=10, choices=Actor.choices, default=Actor.SYSTEM)
-    actor_name = models.CharField(max_length=150, blank=True)
-
-    class Meta:
-        ordering = ["at", "id"]
-
-    def __str__(self) -> str:
-        return f"{self.from_state or '-'} -> {self.to_state}"
 
 
 class RunLog(models.Model):

@@ -7,6 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from tasks_app.choices import Actor, TriggerRule, WorkflowState
+from tasks_app.models.events import Event
 
 
 class InvalidWorkflow(ValueError):
@@ -109,6 +110,9 @@ class WorkflowRun(models.Model):
     )
     scheduled_for = models.DateTimeField(null=True, blank=True)
     created_by = models.CharField(max_length=150, blank=True)
+    # The failed or cancelled steps a retry runs again once their upstream steps allow it
+    # (workflows.retry and advance); empty otherwise.
+    awaiting_retry = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -131,19 +135,9 @@ class WorkflowRun(models.Model):
         return f"workflow run {self.pk} of {self.workflow_id} ({self.state})"
 
 
-class WorkflowRunEvent(models.Model):
+class WorkflowRunEvent(Event):
     """One state change of a workflow run: its own history (its steps' are their runs')."""
 
     workflow_run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events")
     from_state = models.CharField(max_length=10, choices=WorkflowState.choices, blank=True)
     to_state = models.CharField(max_length=10, choices=WorkflowState.choices)
-    at = models.DateTimeField(default=timezone.now)
-    reason = models.CharField(max_length=500, blank=True)
-    actor = models.CharField(max_length=10, choices=Actor.choices, default=Actor.SYSTEM)
-    actor_name = models.CharField(max_length=150, blank=True)
-
-    class Meta:
-        ordering = ["at", "id"]
-
-    def __str__(self) -> str:
-        return f"{self.from_state or '-'} -> {self.to_state}"

@@ -44,7 +44,7 @@ def tasks(platform) -> None:
     Task.objects.create(name="slow", handler="builtin.sleep", kwargs={"seconds": 60})
 
 
-def test_failing_step_skips_downstream_and_retry_runs_only_it_and_its_downstream(tasks) -> None:
+def test_failing_step_skips_downstream_and_retry_runs_only_it_and_its_downstream_again(tasks) -> None:
     workflow_run = finished(workflows.start(diamond("shaky"), by="tester"))
     assert workflow_run.state == "failed"
     assert states(workflow_run) == {"A": S.COMPLETED, "B": S.FAILED, "C": S.COMPLETED, "D": S.SKIPPED}
@@ -56,7 +56,9 @@ def test_failing_step_skips_downstream_and_retry_runs_only_it_and_its_downstream
 
     after = workflows.latest_runs(workflow_run.pk)
     assert workflow_run.state == "completed"
-    assert {key for key in "ABCD" if after[key].pk != before[key].pk} == {"B", "D"}
+    assert {key: run.pk for key, run in after.items()} == {key: run.pk for key, run in before.items()}
+    assert {key for key in "ABCD" if after[key].started_at != before[key].started_at} == {"B", "D"}
+    assert (after["B"].attempt, after["A"].attempt) == (2, 1)  # a new attempt of B; A untouched
     assert set(after["D"].result["upstream"]) == {"B", "C"}
 
 
