@@ -531,7 +531,7 @@ class WorkflowRunAdmin(MakesRuns, admin.ModelAdmin):
         for workflow_run in queryset:
             try:
                 control(workflow_run, by=request.user.get_username())
-            except (workflows.WorkflowConflict, InvalidWorkflow) as exc:
+            except (workflows.WorkflowConflict, InvalidWorkflow, InvalidTransition) as exc:
                 self.message_user(request, str(exc), messages.WARNING)
 
 

@@ -4,8 +4,12 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.db import connections
+from django.db.migrations.recorder import MigrationRecorder
 from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
+
+# The migration that installs db_triggers' statements.
+INSTALLS_TRIGGERS = "0015_workflow_run_events"
 
 
 def restore_sqlite_triggers(using: str = "default", **kwargs: Any) -> None:
@@ -15,6 +19,9 @@ def restore_sqlite_triggers(using: str = "default", **kwargs: Any) -> None:
 
     connection = connections[using]
     if connection.vendor != "sqlite":
+        return
+    # Only once the triggers' tables and columns all exist (migrating back, or part way).
+    if ("tasks_app", INSTALLS_TRIGGERS) not in MigrationRecorder(connection).applied_migrations():
         return
     with connection.cursor() as cursor:
         for statement in db_triggers.statements("sqlite"):

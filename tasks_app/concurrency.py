@@ -180,11 +180,20 @@ def release_finished(moves: list[Move]) -> None:
 
 
 def release(run: Run) -> None:
-    """The run ended: free its task's lock (if still its own) and send the next waiting run."""
+    """The run ended: free its task's lock (if still its own) and send the next waiting run.
+
+    A lock another run holds is left alone, and so is the queue: that run sends the next
+    when it ends. (Under `replace`, the run that took over is still `created` when the run
+    it replaced is cancelled; advancing the queue then would gate it a second time, and
+    the second gate would cancel it.)
+    """
     try:
-        redis_client.client().eval(_RELEASE, 1, _keys(run.task_id)[0], _value(run))
+        freed = redis_client.client().eval(_RELEASE, 1, _keys(run.task_id)[0], _value(run))
+        if not freed and holder_of(run.task_id) is not None:
+            return
     except redis_client.Error:
         logger.exception("could not release the lock of run %s; it expires by itself", run.pk)
+        return  # beat's extend_active() sends the waiting runs once the lock is free
     advance_queue(run.task_id)
 
 

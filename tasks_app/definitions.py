@@ -84,13 +84,6 @@ def workflow_edited(workflow: Workflow) -> int:
 # --- schedules -----------------------------------------------------------------------
 
 
-def save_schedule(schedule: Schedule, update_fields: list[str] | None = None) -> None:
-    """Save a schedule (all fields, or `update_fields`) and its django-celery-beat mirror."""
-    with transaction.atomic():
-        schedule.save(update_fields=update_fields)
-        mirror(schedule)
-
-
 def delete_schedule(schedule: Schedule) -> None:
     """Delete a schedule and its mirror."""
     with transaction.atomic():

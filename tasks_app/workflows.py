@@ -182,9 +182,15 @@ def _advance(workflow_run: WorkflowRun, *, actor: str = Actor.SYSTEM, actor_name
 
 
 def advance_finished_steps(moves: list[Move]) -> None:
-    """Subscriber of lifecycle: advance the workflow runs whose steps finished."""
+    """Subscriber of lifecycle: advance the workflow runs whose steps finished.
+
+    A step skipped is left out: only an advance skips a step, and that advance has
+    decided what the skip leads to (its downstream steps, the workflow run's end).
+    """
     finished = {
-        m.subject.workflow_run_id for m in moves if m.is_run and m.finished and m.subject.workflow_run_id
+        m.subject.workflow_run_id
+        for m in moves
+        if m.is_run and m.finished and m.target != S.SKIPPED and m.subject.workflow_run_id
     }
     for workflow_run_id in sorted(finished):
         advance(workflow_run_id)

@@ -257,3 +257,15 @@ def test_resume_of_a_queued_run_paused_in_created_is_refused_while_the_lock_is_h
         controls.resume(waiting, by="tester")
     waiting.refresh_from_db()
     assert (waiting.state, waiting.fence) == (S.PENDING, 2)
+
+
+@pytest.mark.django_db(transaction=True)  # autocommit, as in production: callbacks run at once
+def test_replace_outside_a_transaction_keeps_the_run_that_took_over(make_task, broker) -> None:
+    task = make_task(concurrency_policy="replace")
+    old, _ = submission.submit(RunRequest(task=task))
+    new, _ = submission.submit(RunRequest(task=task))
+
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert (old.state, new.state) == (S.CANCELLED, S.PENDING)
+    assert broker.get(lock_key(task)).decode().startswith(f"{new.pk}:")

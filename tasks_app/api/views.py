@@ -349,7 +349,7 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         again = len(workflows.steps_to_retry(self.get_object()))
-        if again:  # a new run of each
+        if again:  # each is sent again, as a submission is
             SubmitThrottle().take(request, again)
         return self._control(request, workflows.retry)
 

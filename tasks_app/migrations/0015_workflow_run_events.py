@@ -29,8 +29,9 @@ def backfill_events(apps, schema_editor):
     events = []
     for workflow_run in WorkflowRun.objects.iterator():
         started = workflow_run.started_at or workflow_run.created_at
-        events.append(WorkflowRunEvent(workflow_run=workflow_run, from_state="", to_state="running",
-                                       at=started, reason="started", actor_name=workflow_run.created_by))
+        actor = "schedule" if workflow_run.schedule_id else "user"
+        events.append(WorkflowRunEvent(workflow_run=workflow_run, from_state="", to_state="running", at=started,
+                                       reason="started", actor=actor, actor_name=workflow_run.created_by))
         last = started
         if workflow_run.state != "running":
             last = workflow_run.finished_at or started

@@ -32,7 +32,7 @@ class Run(models.Model):
     # The number of the run's latest message (0 before any was sent): message N has the
     # Celery id "<run id>.<N>" and only the latest may claim the run, so a stale or
     # duplicated message never runs it.
-    message_number = models.PositiveIntegerField(default=0)
+    message_number = models.PositiveIntegerField(default=0, db_column="dispatches")  # its old name
     # NULL, not "", for runs without a key: the unique constraint ignores NULLs.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_fingerprint = models.CharField(max_length=64, blank=True)

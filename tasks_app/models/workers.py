@@ -8,7 +8,7 @@ from django.utils import timezone
 
 
 class Worker(models.Model):
-    """A Celery worker seen alive: it records itself and heartbeats (tasks_app.recovery)."""
+    """A Celery worker seen alive: it records itself and heartbeats (tasks_app.workers)."""
 
     hostname = models.CharField(max_length=255, unique=True)
     queues = models.JSONField(default=list)

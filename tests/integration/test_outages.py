@@ -203,8 +203,8 @@ class Platform:
     def count(self, ids: list[int]) -> dict[str, Any]:
         """What became of the runs `ids`: states, and executions as the handler's rows show them."""
         marks = ", ".join(["%s"] * len(ids))
-        rows = self.mariadb.query(
-            f"SELECT id, state, message_number FROM tasks_app_run WHERE id IN ({marks})", *ids
+        rows = self.mariadb.query(  # dispatches: the column of Run.message_number
+            f"SELECT id, state, dispatches FROM tasks_app_run WHERE id IN ({marks})", *ids
         )
         states = {pk: state for pk, state, _ in rows}
         times = dict(
