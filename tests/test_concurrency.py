@@ -261,7 +261,9 @@ def test_resume_of_a_queued_run_paused_in_created_is_refused_while_the_lock_is_h
 
 @pytest.mark.django_db(transaction=True)  # autocommit, as in production: callbacks run at once
 def test_replace_outside_a_transaction_keeps_the_run_that_took_over(make_task, broker) -> None:
-    task = make_task(concurrency_policy="replace")
+    # A queue no worker serves: the integration tests' worker may still run in this session,
+    # and these commits are real.
+    task = make_task(concurrency_policy="replace", queue="replace-only-here")
     old, _ = submission.submit(RunRequest(task=task))
     new, _ = submission.submit(RunRequest(task=task))
 
