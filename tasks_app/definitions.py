@@ -152,10 +152,7 @@ def mirror(schedule: Schedule) -> None:
         "one_off": bool(schedule.run_at),
         "start_time": schedule.start_at,
         "expires": schedule.end_at,
-        "description": (
-            f"Platform schedule {schedule.pk} of {schedule.target_text}: {schedule.description()}. "
-            "Fired by tasks_app.scheduling.PlatformScheduler, not by this entry."
-        ),
+        "description": _mirror_description(schedule),
     }
     with transaction.atomic():
         if schedule.periodic_task_id:
@@ -164,6 +161,18 @@ def mirror(schedule: Schedule) -> None:
             task = PeriodicTask.objects.create(name=f"platform schedule {schedule.pk}", **values)
             Schedule.objects.filter(pk=schedule.pk).update(periodic_task=task)
             schedule.periodic_task = task
+
+
+def _mirror_description(schedule: Schedule) -> str:
+    """What the mirror stands for, whole: its crontab has no seconds field, and an edit of
+    the mirror would change nothing that fires."""
+    timing_text = schedule.kind_text
+    if schedule.cron:
+        timing_text += f": {schedule.description()}"
+    return (
+        f"Mirror of schedule {schedule.pk}: {timing_text}. The platform fires it, not this entry: "
+        f"edit, pause or delete schedule {schedule.pk} there."
+    )
 
 
 def _known_zone(name: str) -> bool:

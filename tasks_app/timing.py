@@ -18,6 +18,7 @@ import datetime as dt
 import re
 import zoneinfo
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from cron_descriptor import Options, get_description
 from croniter import CroniterError, croniter
@@ -37,10 +38,139 @@ _DST_MARGIN = dt.timedelta(hours=3)
 # croniter's random (R) and hashed (H) values: a random one draws new fire times on every
 # read, so the next runs shown would not be the ones that fire.
 _DRAWN = re.compile(r"^[rh](\(|/|$)", re.IGNORECASE)
+# One item of a field's list: *, a value, or a range, each with an optional /step.
+_ITEM = re.compile(r"^(?P<start>\*|[a-z0-9]+)(?:-(?P<end>[a-z0-9]+))?(?:/(?P<step>.*))?$", re.IGNORECASE)
+# croniter's extensions, left to croniter: last day (L, 1-L), nearest weekday (15W), nth
+# weekday (mon#2), last weekday (L5), and "no value" (?).
+_SPECIAL = {
+    "day of month": re.compile(r"^(\?|l|\d+w|\d+-l(/\d+)?)$", re.IGNORECASE),
+    "day of week": re.compile(r"^(\?|l[0-7])$", re.IGNORECASE),
+}
+_NTH = re.compile(r"^(?P<day>[a-z0-9]+)#(?P<nth>\d+)$", re.IGNORECASE)
 
 
 class InvalidSchedule(ValueError):
     """An expression, zone or timing that cannot be scheduled; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()  # names[i] is value low + i
+    top: int | None = None  # the highest value that is not another's alias (day of week: 6)
+
+    @property
+    def allowed(self) -> str:
+        text = f"{self.low}-{self.high}"
+        return f"{text} or {self.names[0]}-{self.names[-1]}" if self.names else text
+
+    @property
+    def highest(self) -> int:
+        return self.high if self.top is None else self.top
+
+    def problem(self, text: str) -> str:
+        """What is wrong with this field's text, as cron would refuse it; "" if nothing."""
+        items = text.split(",")
+        for item in items:
+            if not item:
+                return f"empty item in the list {text!r}"
+            special = _SPECIAL.get(self.name)
+            if special and special.match(item):
+                continue
+            nth = _NTH.match(item) if self.name == "day of week" else None
+            if nth:  # mon#2: the second Monday of the month
+                problem = self._value(nth["day"])[1]
+                if not problem and not 1 <= int(nth["nth"]) <= 5:
+                    problem = f"week {int(nth['nth'])} in {item!r} is out of range 1-5"
+            else:
+                problem = self._item_problem(item)
+            if problem:
+                return problem
+        return ""
+
+    def _item_problem(self, item: str) -> str:
+        match = _ITEM.match(item)
+        if not match:
+            return f"{item!r} is not a value, a range (a-b), a step (*/n, a-b/n) or a list of them (a,b)"
+        start, end, step = match["start"], match["end"], match["step"]
+        if step is not None:
+            if not step.isdigit():
+                return f"step {step!r} in {item!r} is not a number"
+            if not 1 <= int(step) <= self.highest - self.low:  # a larger one keeps only the first value
+                return f"step {int(step)} in {item!r} is out of range 1-{self.highest - self.low}"
+        if start == "*":
+            return f"{item!r}: * stands for every value and cannot start a range" if end else ""
+        first, problem = self._value(start)
+        if problem or end is None:
+            return problem
+        last, problem = self._value(end)
+        if problem:
+            return problem
+        if self.name == "day of week" and end.lower() == "sun" and first > 0:
+            last = 7  # mon-sun: to the Sunday at the end of the week
+        if first > last:
+            problem = f"range {start}-{end} runs backwards ({first} > {last})"
+            if first <= self.highest:
+                wrapped = f"{_span(first, self.highest)},{_span(self.low, last)}"
+                problem += f"; to wrap around, list two ranges: {wrapped}"
+            return problem
+        if first == last:  # croniter would read it as every value
+            return f"range {start}-{end} starts and ends at {first}: write {start} alone"
+        return ""
+
+    def _value(self, token: str) -> tuple[int, str]:
+        if token.isdigit():
+            value = int(token)
+            if not self.low <= value <= self.high:
+                return value, f"{value} is out of range {self.allowed}"
+            return value, ""
+        if token.lower() in self.names:
+            return self.low + self.names.index(token.lower()), ""
+        if self.names:
+            return 0, f"unknown name {token!r} (use {self.allowed})"
+        return 0, f"{token!r} is not a number ({self.allowed})"
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+_SECONDS = _Field("seconds", 0, 59)
+_FIVE_FIELDS = (
+    _Field("minute", 0, 59),
+    _Field("hour", 0, 23),
+    _Field("day of month", 1, 31),
+    _Field("month", 1, 12, tuple("jan feb mar apr may jun jul aug sep oct nov dec".split())),
+    _Field("day of week", 0, 7, tuple("sun mon tue wed thu fri sat".split()), top=6),  # 7: Sunday again
+)
+
+
+def _fields_of(text: str) -> list[tuple[_Field, str]]:
+    parts = text.split(" ")
+    return list(zip((_SECONDS, *_FIVE_FIELDS) if len(parts) == 6 else _FIVE_FIELDS, parts, strict=True))
+
+
+def _field_problem(text: str) -> str:
+    """What is wrong with a normalised expression, naming the field, the value and what is
+    allowed ("minute field: range 5-1 runs backwards (5 > 1); ..."); "" if nothing.
+
+    Stricter than croniter, which reads a range that runs backwards (5-1), or from a value
+    to itself (5-5), as a wrap-around through every value: cron refuses the first, and
+    the second, read so, would fire at every value.
+    """
+    fields = _fields_of(text)
+    for field, part in fields:
+        problem = field.problem(part)
+        if problem:
+            return f"{field.name} field: {problem}"
+    # A form of croniter's extensions that croniter does not take: say which field.
+    for index, (field, part) in enumerate(fields):
+        alone = " ".join(part if i == index else "*" for i in range(len(fields)))
+        if not croniter.is_valid(alone, second_at_beginning=len(fields) == 6):
+            return f"{field.name} field: {part!r} cannot be read: croniter does not take this L, W or # form"
+    return ""
 
 
 def zone(name: str) -> zoneinfo.ZoneInfo:
@@ -68,13 +198,23 @@ def normalise_cron(expression: str) -> str:
             "a schedule's next fire times must be the same on every read"
         )
     if not croniter.is_valid(text, second_at_beginning=len(fields) == 6):
-        raise InvalidSchedule(f"invalid cron expression {expression!r}")
+        problem = _field_problem(text) or "croniter cannot read it"
+        raise InvalidSchedule(f"invalid cron expression {expression!r}: {problem}")
     return text
 
 
 def validate_cron(expression: str, timezone: str = "UTC", now: dt.datetime | None = None) -> str:
-    """normalise_cron(), and refuse what cannot be described or never fires."""
+    """normalise_cron(), and refuse what cron would refuse (_field_problem()), what cannot be
+    described and what never fires.
+
+    Only here, for what is about to be stored: a row stored before keeps firing as
+    croniter reads it (normalise_cron() refuses only what croniter cannot read), until an
+    edit, which must mend it.
+    """
     text = normalise_cron(expression)
+    problem = _field_problem(text)
+    if problem:
+        raise InvalidSchedule(f"invalid cron expression {expression!r}: {problem}")
     describe(text)
     Cron(text, timezone).next_after(now or dt.datetime.now(UTC))
     return text
@@ -88,7 +228,9 @@ def describe(expression: str) -> str:
     try:
         return get_description(text, options)
     except Exception as exc:  # cron_descriptor's FormatException and its own slips alike
-        raise InvalidSchedule(f"invalid cron expression {expression!r}: {exc or 'cannot be read'}") from None
+        raise InvalidSchedule(
+            f"invalid cron expression {expression!r}: {str(exc) or 'cannot be described'}"
+        ) from None
 
 
 class Cron:

@@ -47,7 +47,56 @@ def test_task_form_offers_only_registered_handlers(admin_client) -> None:
          "concurrency_policy": "allow"},
     )  # fmt: skip
     assert response.status_code == 200  # the form comes back with an error
-    assert "Select a valid choice" in response.content.decode()
+    assert "No handler named &#x27;os.system&#x27; is registered in this process" in response.content.decode()
+    assert not Task.objects.filter(name="evil").exists()
+
+
+def _task_form(admin_client, task: Task) -> dict[str, str]:
+    from tests.test_api_versions import _Form
+
+    form = _Form()
+    form.feed(admin_client.get(f"/admin/tasks_app/task/{task.pk}/change/").content.decode())
+    return form.values
+
+
+def test_the_admin_shows_a_handler_this_process_does_not_know_and_keeps_it(admin_client, make_task) -> None:
+    task = make_task(name="report", handler="reports.build")  # registered on the workers only
+
+    page = admin_client.get(f"/admin/tasks_app/task/{task.pk}/change/").content.decode()
+    values = _task_form(admin_client, task)
+    saved = admin_client.post(f"/admin/tasks_app/task/{task.pk}/change/", {**values, "priority": "5"})
+
+    assert "reports.build (not registered in this process)" in page
+    assert values["handler"] == "reports.build"  # selected, not the first registered handler
+    assert saved.status_code == 302
+    task.refresh_from_db()
+    assert (task.handler, task.priority) == ("reports.build", 5)
+
+
+def test_the_admin_refuses_to_set_a_handler_this_process_does_not_know(admin_client, make_task) -> None:
+    task = make_task(name="report", handler="reports.build")
+    values = _task_form(admin_client, task)
+
+    page = admin_client.post(
+        f"/admin/tasks_app/task/{task.pk}/change/", {**values, "handler": "reports.other", "priority": "5"}
+    )
+
+    assert page.status_code == 200  # the form again, with the problem
+    assert "No handler named &#x27;reports.other&#x27; is registered in this process" in page.content.decode()
+    task.refresh_from_db()
+    assert (task.handler, task.priority) == ("reports.build", 0)
+
+
+def test_the_admin_offers_no_unknown_handler_to_a_task_whose_handler_is_registered(
+    admin_client, task
+) -> None:
+    values = _task_form(admin_client, task)
+    admin_client.post(f"/admin/tasks_app/task/{task.pk}/change/", {**values, "handler": "reports.build"})
+    assert Task.objects.get(pk=task.pk).handler == "builtin.noop"
+    assert (
+        "not registered in this process"
+        not in admin_client.get("/admin/tasks_app/task/add/").content.decode()
+    )
 
 
 def test_run_now_action_submits_a_run(admin_client, task, broker, django_capture_on_commit_callbacks) -> None:
@@ -380,3 +429,101 @@ def test_the_admin_deletes_no_workflow_with_a_running_run(admin_client, api, tas
     assert Workflow.objects.filter(pk=workflow.pk).exists()
     page = admin_client.get(f"/admin/tasks_app/workflowrun/{started}/change/").content.decode()
     assert "started" in page and "owner" in page  # its history, the first event
+
+
+BEAT = "/admin/django_celery_beat"
+
+
+def _mirrored(api, **body) -> Schedule:
+    response = api.post("/api/v1/schedules/", {"task": "noop", **body}, format="json")
+    assert response.status_code == 201, response.data
+    return Schedule.objects.select_related("periodic_task").get(pk=response.data["id"])
+
+
+def test_a_mirror_in_beats_admin_can_only_be_viewed_and_links_to_its_schedule(
+    admin_client, api, task
+) -> None:
+    schedule = _mirrored(api, cron="*/10 * * * * *", timezone="Europe/Berlin")
+    mirror = schedule.periodic_task
+
+    page = admin_client.get(f"{BEAT}/periodictask/{mirror.pk}/change/").content.decode()
+    edit = admin_client.post(
+        f"{BEAT}/periodictask/{mirror.pk}/change/",
+        {
+            "name": mirror.name,
+            "task": mirror.task,
+            "crontab": mirror.crontab_id,
+            "args": "[]",
+            "kwargs": "{}",
+        },
+    )  # "enabled" unticked
+    delete = admin_client.post(f"{BEAT}/periodictask/{mirror.pk}/delete/", {"post": "yes"})
+
+    assert f'href="/admin/tasks_app/schedule/{schedule.pk}/change/"' in page
+    assert f"Mirror of schedule {schedule.pk}: cron */10 * * * * * (Europe/Berlin): Every 10 seconds" in page
+    assert 'name="_save"' not in page  # view only
+    assert (edit.status_code, delete.status_code) == (403, 403)
+    listed = admin_client.get(f"{BEAT}/periodictask/").content.decode()
+    assert f'href="/admin/tasks_app/schedule/{schedule.pk}/change/"' in listed
+    mirror.refresh_from_db()
+    assert mirror.enabled is True
+    assert Schedule.objects.get(pk=schedule.pk).enabled is True
+
+
+@pytest.mark.parametrize(
+    ("body", "model", "row"),
+    [
+        ({"cron": "*/10 * * * * *"}, "crontabschedule", "crontab_id"),
+        ({"interval_seconds": 30}, "intervalschedule", "interval_id"),
+        ({"run_at": "2030-01-01T00:00:00Z"}, "clockedschedule", "clocked_id"),
+    ],
+)
+def test_the_beat_rows_a_mirror_uses_can_only_be_viewed(admin_client, api, task, body, model, row) -> None:
+    mirror = _mirrored(api, **body).periodic_task
+    pk = getattr(mirror, row)
+
+    page = admin_client.get(f"{BEAT}/{model}/{pk}/change/")
+    delete = admin_client.post(f"{BEAT}/{model}/{pk}/delete/", {"post": "yes"})
+    bulk = admin_client.post(
+        f"{BEAT}/{model}/", {"action": "delete_selected", "post": "yes", "_selected_action": [pk]}
+    )
+
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+    assert delete.status_code == 403
+    assert bulk.status_code == 403
+    assert PeriodicTask.objects.filter(pk=mirror.pk).exists()
+
+
+def test_beats_bulk_actions_leave_mirrors_alone_and_say_where_to_act(admin_client, api, task) -> None:
+    from django_celery_beat.models import IntervalSchedule
+
+    schedule = _mirrored(api, interval_seconds=60)
+    every = IntervalSchedule.objects.create(every=10, period="seconds")
+    plain = PeriodicTask.objects.create(name="plain", task="celery.backend_cleanup", interval=every)
+    selected = [schedule.periodic_task_id, plain.pk]
+
+    page = admin_client.post(
+        f"{BEAT}/periodictask/", {"action": "disable_tasks", "_selected_action": selected}, follow=True
+    ).content.decode()
+
+    assert PeriodicTask.objects.get(pk=plain.pk).enabled is False  # beat's own entry: as before
+    assert PeriodicTask.objects.get(pk=schedule.periodic_task_id).enabled is True
+    assert f'href="/admin/tasks_app/schedule/{schedule.pk}/change/"' in page
+    assert (
+        admin_client.get(f"{BEAT}/periodictask/{plain.pk}/change/").content.decode().count('name="_save"')
+        == 1
+    )
+
+
+def test_beats_admin_adds_no_entry_posing_as_a_mirror(admin_client, db) -> None:
+    from django_celery_beat.models import IntervalSchedule
+
+    every = IntervalSchedule.objects.create(every=10, period="seconds")
+    page = admin_client.post(
+        f"{BEAT}/periodictask/add/",
+        {"name": "fake", "task": "tasks_app.schedule", "interval": every.pk, "args": "[]", "kwargs": "{}",
+         "enabled": "on"},
+    )  # fmt: skip
+
+    assert page.status_code == 200 and "names the mirrors of platform schedules" in page.content.decode()
+    assert not PeriodicTask.objects.filter(name="fake").exists()

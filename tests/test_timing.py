@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from tasks_app.timing import Cron, Interval, InvalidSchedule, Once, describe
+from tasks_app.timing import Cron, Interval, InvalidSchedule, Once, describe, validate_cron
 
 UTC = dt.UTC
 
@@ -138,6 +138,92 @@ def test_once_fires_once() -> None:
 def test_invalid_expressions_are_refused(expression) -> None:
     with pytest.raises(InvalidSchedule):
         Cron(expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "says"),
+    [
+        # croniter reads a backwards range as a wrap-around (5-1: nearly every minute); cron refuses it.
+        ("5-1 * * * *", "minute field: range 5-1 runs backwards (5 > 1); to wrap around, list two ranges"),
+        ("0 22-2 * * *", "hour field: range 22-2 runs backwards (22 > 2); to wrap around, list two ranges"),
+        ("0 0 20-10 * *", "day of month field: range 20-10 runs backwards (20 > 10)"),
+        ("0 0 1 nov-feb *", "month field: range nov-feb runs backwards (11 > 2)"),
+        ("0 0 * * 5-1", "day of week field: range 5-1 runs backwards (5 > 1)"),
+        ("0 0 * * fri-mon", "day of week field: range fri-mon runs backwards (5 > 1)"),
+        ("30-10 * * * * *", "seconds field: range 30-10 runs backwards (30 > 10)"),
+        # ... and a range from a value to itself as every value.
+        ("5-5 * * * *", "minute field: range 5-5 starts and ends at 5: write 5 alone"),
+        ("0 0 * * sun-sun", "day of week field: range sun-sun starts and ends at 0: write sun alone"),
+        ("61 * * * *", "minute field: 61 is out of range 0-59"),
+        ("0 25 * * *", "hour field: 25 is out of range 0-23"),
+        ("0 0 0 * *", "day of month field: 0 is out of range 1-31"),
+        ("0 0 32 * *", "day of month field: 32 is out of range 1-31"),
+        ("0 0 1 13 *", "month field: 13 is out of range 1-12 or jan-dec"),
+        ("0 0 * * 8", "day of week field: 8 is out of range 0-7 or sun-sat"),
+        ("60 * * * * *", "seconds field: 60 is out of range 0-59"),
+        ("0 0-30/2,40-31 * * *", "hour field: 30 is out of range 0-23"),
+        ("*/0 * * * *", "minute field: step 0 in '*/0' is out of range 1-59"),
+        ("0-30/0 * * * * *", "seconds field: step 0 in '0-30/0' is out of range 1-59"),
+        ("*/61 * * * *", "minute field: step 61 in '*/61' is out of range 1-59"),
+        ("* * * * mon-sun/99999", "day of week field: step 99999 in 'mon-sun/99999' is out of range 1-6"),
+        ("*/x * * * *", "minute field: step 'x' in '*/x' is not a number"),
+        ("0 0 1 jab *", "month field: unknown name 'jab' (use 1-12 or jan-dec)"),
+        ("0 0 * * monday", "day of week field: unknown name 'monday' (use 0-7 or sun-sat)"),
+        ("0 0 * * 5#6", "day of week field: week 6 in '5#6' is out of range 1-5"),
+        ("a * * * *", "minute field: 'a' is not a number (0-59)"),
+        ("1,,2 * * * *", "minute field: empty item in the list '1,,2'"),
+        ("1-2-3 * * * *", "minute field: '1-2-3' is not a value, a range (a-b), a step (*/n, a-b/n) or a"),
+        ("? * * * *", "minute field: '?' is not a value"),
+        ("*-5 * * * *", "minute field: '*-5': * stands for every value and cannot start a range"),
+        ("0 0 1W,15 * *", "day of month field: '1W,15' cannot be read"),
+        ("* * *", "a cron expression has 5 fields (minute hour day month weekday), 6 with a leading seconds"),
+        ("* * * * * * *", "got 7 field(s)"),
+        ("not a cron at all", "minute field: 'not' is not a number (0-59)"),
+        ("@fortnightly", "or is one of @annually"),
+    ],
+)  # fmt: skip
+def test_an_invalid_cron_is_refused_saying_which_field_and_why(expression, says) -> None:
+    with pytest.raises(InvalidSchedule) as refused:
+        validate_cron(expression)
+    assert says in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("expression", "hint"),
+    [
+        ("5-1 * * * *", "5-59,0-1"),
+        ("0 22-2 * * *", "22-23,0-2"),
+        ("0 0 20-10 * *", "20-31,1-10"),
+        ("0 0 1 nov-feb *", "11-12,1-2"),
+        ("0 0 * * 5-1", "5-6,0-1"),  # 7 is Sunday again
+        ("0 0 * * 7-1", ""),  # no hint from Sunday written as 7
+        ("59-0 * * * * *", "59,0"),
+    ],
+)
+def test_a_backwards_range_is_shown_how_to_wrap_around(expression, hint) -> None:
+    with pytest.raises(InvalidSchedule) as refused:
+        validate_cron(expression)
+    message = str(refused.value)
+    assert message.endswith(f"list two ranges: {hint}") if hint else "wrap" not in message
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["0 9 * * 1-5", "0 9 * * mon-fri", "0 0 * * mon-sun", "0 0 * * sat-sun", "0 0 * * 5-7", "0 0 * * 0,7",
+     "0 0 1 jan-mar *", "*/59 * * * *", "5/10 * * * *", "0 0 L * *", "0 0 15W * *", "0 0 * * mon#2",
+     "0 0 * * L5", "0 0 ? * 1", "*/10 * * * * *", "@weekly"],
+)  # fmt: skip
+def test_the_cron_forms_users_write_are_accepted(expression) -> None:
+    validate_cron(expression, now=utc(2026, 3, 2))  # no InvalidSchedule
+
+
+def test_a_stored_backwards_range_keeps_firing_as_before_until_an_edit_mends_it() -> None:
+    # The refusal is at input (validate_cron): beat does not stop a schedule stored earlier.
+    assert fires("0 22-2 * * *", "UTC", utc(2026, 3, 2, 21), 3) == [
+        "2026-03-02T22:00:00+00:00",
+        "2026-03-02T23:00:00+00:00",
+        "2026-03-03T00:00:00+00:00",
+    ]
 
 
 def test_unknown_zone_is_refused() -> None:
