@@ -297,7 +297,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_PUBLISH_RETRY = True
-CELERY_WORKER_SEND_TASK_EVENTS = False
+# Task events (celery worker -E) on, so Flower and `celery events` see every run.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_TASK_EVENTS", True)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
 CELERY_BEAT_SCHEDULER = "tasks_app.scheduling:PlatformScheduler"
@@ -327,10 +328,11 @@ WORKER_MISSED_HEARTBEATS = int(env_number("WORKER_MISSED_HEARTBEATS", 3, minimum
 # How long (s) a worker keeps trying to reach an unreachable database to claim a run or
 # record an attempt's outcome, holding the message meanwhile, before it gives up.
 WORKER_DATABASE_PATIENCE = env_number("WORKER_DATABASE_PATIENCE", 600, minimum=0)
-# A run whose worker died under it this many times is failed, not sent again.
+# A run whose worker died under it this many times, or whose message this many workers
+# refused for want of its handler, is failed, not sent again.
 RUN_MAX_DELIVERIES = int(env_number("RUN_MAX_DELIVERIES", 5, minimum=1))
 # A pending run this long (s) with an empty queue and its message held by no worker lost
-# that message: it is sent again.
+# that message: it is sent again; so is one a worker refused, after as long.
 PENDING_RESEND_AFTER = env_number("PENDING_RESEND_AFTER", 30, minimum=1)
 # Finished runs, their events and logs are pruned this many days after they finished.
 RUN_RETENTION_DAYS = env_number("RUN_RETENTION_DAYS", 30, minimum=1)

@@ -80,8 +80,9 @@ def _send(app: Any, producer: Any, run: Run) -> None:
     soft, hard = time_limits(task)
     app.send_task(
         task.handler,
-        args=[run.pk, run.message_number],
+        kwargs={"run_id": run.pk, "message_number": run.message_number},
         task_id=run.message_id,
+        shadow=task.name,  # the name the worker log, Flower and `celery inspect` show
         queue=task.queue,
         # kombu's Redis transport serves 0 first; our API's 9 is the most urgent.
         priority=PRIORITY_MAX - run.priority,

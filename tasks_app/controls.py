@@ -16,6 +16,9 @@ from tasks_app.models import Run
 
 S = RunState
 
+# What a retry by hand (and a workflow's retry of a step) starts afresh: a new go at the run.
+RETRY_RESETS = {"retries": 0, "result": None, "refusals": 0, "started_at": None}
+
 
 def cancel(run: Run, *, by: str = "", actor: str = Actor.USER) -> None:
     """Stop the run; one whose message is out is revoked (broker.revoke_cancelled)."""
@@ -38,9 +41,7 @@ def resume(run: Run, *, by: str = "", actor: str = Actor.USER) -> None:
 
 def retry(run: Run, *, by: str = "", actor: str = Actor.USER) -> None:
     """A manual retry: a new attempt of a failed or cancelled run, with a fresh retry budget."""
-    _send_again(
-        run, S.FAILED, S.CANCELLED, by=by, actor=actor, reason="retried by operator", retries=0, result=None
-    )
+    _send_again(run, S.FAILED, S.CANCELLED, by=by, actor=actor, reason="retried by operator", **RETRY_RESETS)
 
 
 def _send_again(run: Run, *sources: RunState, by: str, actor: str, reason: str, **changes: Any) -> None:

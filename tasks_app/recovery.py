@@ -24,10 +24,10 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from tasks_app import broker, execution, redis_client, workflows
+from tasks_app import broker, execution, redis_client, workers, workflows
 from tasks_app.choices import RunState, WorkflowState
 from tasks_app.lifecycle import InvalidTransition
-from tasks_app.models import Run, Worker, WorkflowRun
+from tasks_app.models import Run, WorkflowRun
 
 logger = logging.getLogger(__name__)
 S = RunState
@@ -42,16 +42,17 @@ def recover_lost_runs(now: dt.datetime | None = None) -> int:
     now = now or timezone.now()
     online = {
         hostname: (heartbeat, executing)
-        for hostname, heartbeat, executing in Worker.objects.filter(
-            stopped_at__isnull=True, last_heartbeat__gt=Worker.online_since(now)
-        ).values_list("hostname", "last_heartbeat", "executing")
+        for hostname, heartbeat, executing in workers.online_workers(now).values_list(
+            "hostname", "last_heartbeat", "executing"
+        )
     }
     interval = dt.timedelta(seconds=settings.WORKER_HEARTBEAT_INTERVAL)
     grace = interval * settings.WORKER_MISSED_HEARTBEATS
     lost: dict[str, str] = {}  # message id of the lost attempt: why
-    running = Run.objects.filter(state=S.RUNNING, started_at__lt=now - interval)
+    # state_changed_at is when this attempt was claimed (started_at is the run's first start).
+    running = Run.objects.filter(state=S.RUNNING, state_changed_at__lt=now - interval)
     for pk, worker, started_at, message_number in running.values_list(
-        "pk", "worker", "started_at", "message_number"
+        "pk", "worker", "state_changed_at", "message_number"
     ):
         message = f"{pk}.{message_number}"
         if worker not in online:

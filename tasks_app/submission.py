@@ -41,11 +41,18 @@ def ensure_enabled(task: Task, where: str = "") -> None:
 class IdempotencyConflict(Exception):
     """The idempotency key was used before for this task with a different request."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, where: str = "") -> None:
         self.run = run
-        super().__init__(
-            f"idempotency key {run.idempotency_key!r} was used for run {run.pk} with a different request"
-        )
+        key = run.idempotency_key
+        super().__init__(f"{where}idempotency key {key!r} was used for run {run.pk} with a different request")
+
+
+class RepeatedKey(ValueError):
+    """Two requests of one submission give the same task and key with different bodies (a 400)."""
+
+    def __init__(self, index: int, first: int) -> None:
+        self.index = index
+        super().__init__(f"gives the idempotency key of runs[{first}] with a different request")
 
 
 @dataclass
@@ -76,25 +83,64 @@ class RunRequest:
 def submit(request: RunRequest, *, by: str = "") -> tuple[Run, bool]:
     """Create one run; returns (run, created). An idempotency key seen before for the
     task returns the first run, or raises IdempotencyConflict if the request differs."""
-    key = request.idempotency_key
-    if key:
-        existing = Run.objects.filter(task=request.task, idempotency_key=key).first()
-        if existing is not None:
-            return _same_request(existing, request), False
-        try:
-            with transaction.atomic():
-                return submit_many([request], by=by)[0], True
-        except IntegrityError:
-            # Another request with the same key committed first.
-            existing = Run.objects.get(task=request.task, idempotency_key=key)
-            return _same_request(existing, request), False
-    return submit_many([request], by=by)[0], True
+    runs, created = submit_all([request], by=by)
+    return runs[0], created
 
 
-def _same_request(existing: Run, request: RunRequest) -> Run:
-    if existing.request_fingerprint != request.fingerprint():
-        raise IdempotencyConflict(existing)
-    return existing
+def submit_all(requests: list[RunRequest], *, by: str = "") -> tuple[list[Run], bool]:
+    """Create runs for `requests`, all or none; returns them in order, and whether any is new.
+
+    A request whose idempotency key was used before for its task gets that first run
+    (IdempotencyConflict if it asked for something else); two requests of one call with
+    the same task and key are one run (RepeatedKey if their bodies differ).
+    """
+    if not any(request.idempotency_key for request in requests):
+        return submit_many(requests, by=by), True
+    try:
+        with transaction.atomic():
+            return _submit_keyed(requests, by)
+    except IntegrityError:
+        # A concurrent request with one of these keys committed first: they are repeats now.
+        with transaction.atomic():
+            return _submit_keyed(requests, by)
+
+
+def _submit_keyed(requests: list[RunRequest], by: str) -> tuple[list[Run], bool]:
+    where = (lambda index: f"runs[{index}]: ") if len(requests) > 1 else (lambda index: "")
+    keys = {(request.task.pk, request.idempotency_key) for request in requests if request.idempotency_key}
+    used: dict[tuple[int, str], Run] = {}
+    for task_id in {task_id for task_id, _ in keys}:
+        names = [key for t, key in keys if t == task_id]
+        for run in Run.objects.filter(task_id=task_id, idempotency_key__in=names):
+            used[(task_id, run.idempotency_key)] = run
+    first_of: dict[tuple[int, str], int] = {}
+    fresh: list[int] = []  # indexes of the requests that make a new run
+    for index, request in enumerate(requests):
+        key = (request.task.pk, request.idempotency_key)
+        if not request.idempotency_key:
+            fresh.append(index)
+        elif key in used:
+            if used[key].request_fingerprint != request.fingerprint():
+                raise IdempotencyConflict(used[key], where(index))
+        elif key in first_of:
+            if requests[first_of[key]].fingerprint() != request.fingerprint():
+                raise RepeatedKey(index, first_of[key])
+        else:
+            first_of[key] = index
+            fresh.append(index)
+    made = (
+        dict(zip(fresh, submit_many([requests[index] for index in fresh], by=by), strict=True))
+        if fresh
+        else {}
+    )
+    for index in fresh:
+        if requests[index].idempotency_key:
+            used[(requests[index].task.pk, requests[index].idempotency_key)] = made[index]
+    runs = [
+        made[index] if index in made else used[(request.task.pk, request.idempotency_key)]
+        for index, request in enumerate(requests)
+    ]
+    return runs, bool(fresh)
 
 
 def submit_many(requests: list[RunRequest], *, by: str = "", now: dt.datetime | None = None) -> list[Run]:

@@ -1,5 +1,5 @@
 """The worker registry: every worker records itself when ready and heartbeats from a thread
-of its main process, listing the messages it executes; it is offline after
+of its main process, listing the messages it executes and the handlers it has; it is offline after
 WORKER_MISSED_HEARTBEATS missed beats (Worker.online). recovery.py judges runs by it.
 """
 
@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
+from tasks_app import handlers
 from tasks_app.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -30,12 +31,16 @@ def record_worker(
     queues: list[str],
     concurrency: int,
     executing: list[str] | None = None,
+    handler_names: list[str] | None = None,
     now: dt.datetime | None = None,
 ) -> None:
     now = now or timezone.now()
     described = {
         "queues": queues,
         "concurrency": concurrency,
+        "handlers": sorted(handler.name for handler in handlers.all_handlers())
+        if handler_names is None
+        else handler_names,
         "pid": os.getpid(),
         "version": celery.__version__,
         "last_heartbeat": now,
@@ -92,3 +97,16 @@ def _stop_heartbeat(sender: Any = None, **kwargs: Any) -> None:
         )
     except Exception:
         logger.exception("could not record the worker's stop")
+
+
+def online_serving(queue: str, handler: str, online: list[Worker] | None = None) -> int:
+    """How many online workers take messages from `queue` and have `handler` (of `online`,
+    or read now): with none, a run of it would wait, and fail once refused."""
+    if online is None:
+        online = list(online_workers())
+    return sum(worker.serves(queue, handler) for worker in online)
+
+
+def online_workers(now: dt.datetime | None = None) -> Any:
+    """The workers online at `now` (a QuerySet)."""
+    return Worker.objects.filter(stopped_at__isnull=True, last_heartbeat__gt=Worker.online_since(now))

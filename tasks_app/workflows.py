@@ -158,7 +158,7 @@ def _advance(workflow_run: WorkflowRun, *, actor: str = Actor.SYSTEM, actor_name
                 reason=reason,
                 actor=actor,
                 actor_name=actor_name,
-                **({"retries": 0, "result": None, "due_at": None} if again else {}),
+                **({**controls.RETRY_RESETS, "due_at": None} if again else {}),
             )
         except InvalidTransition as exc:  # moved meanwhile (a cancel): its own advance follows
             logger.info("workflow run %s: %s", workflow_run.pk, exc)

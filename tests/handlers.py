@@ -32,11 +32,11 @@ def not_json(ctx: RunContext) -> Any:
 
 
 @handler("tests.chatty")
-def chatty(ctx: RunContext) -> str:
+def chatty(ctx: RunContext) -> dict[str, Any]:
     ctx.logger.info("hello %s", "world")
     ctx.progress(0.5, "half way")
     ctx.logger.warning("careful")
-    return "done"
+    return {"progress while running": Run.objects.values_list("progress", flat=True).get(pk=ctx.run_id)}
 
 
 @handler("tests.cancelled_meanwhile")

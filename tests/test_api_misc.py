@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.core.cache.backends.redis import RedisCache
 from django.db import OperationalError
@@ -38,6 +40,33 @@ def test_openapi_schema_describes_the_api(reader) -> None:
     assert schema["openapi"].startswith("3.")
     for path in ["/api/v1/tasks/", "/api/v1/runs/", "/api/v1/runs/bulk/", "/api/v1/runs/{id}/cancel/"]:
         assert path in schema["paths"]
+
+
+def test_openapi_schema_gives_bulk_a_plain_list_and_no_filters(reader) -> None:
+    schema = reader.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    bulk = schema["paths"]["/api/v1/runs/bulk/"]["post"]
+
+    for status in ("200", "201"):
+        listed = bulk["responses"][status]["content"]["application/json"]["schema"]
+        assert listed == {"type": "array", "items": {"$ref": "#/components/schemas/Run"}}
+    assert [p["name"] for p in bulk.get("parameters", [])] == ["Idempotency-Key"]  # no list filters
+    item = schema["components"]["schemas"]["RunSubmitRequest"]["properties"]
+    assert "idempotency_key" in item
+
+
+def test_openapi_schema_types_workflow_steps(reader) -> None:
+    schemas = reader.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["components"][
+        "schemas"
+    ]
+
+    assert schemas["Workflow"]["properties"]["steps"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/WorkflowStep"},
+    }
+    step = schemas["WorkflowStep"]
+    assert set(step["properties"]) == {"key", "task", "kwargs", "depends_on", "trigger_rule"}
+    assert set(step["required"]) == {"key", "task"}
+    assert "ModelSerializer" not in json.dumps(schemas)  # no mixin's docstring as a description
 
 
 def test_swagger_ui_is_served_without_any_network(reader) -> None:

@@ -121,6 +121,42 @@ def test_overlong_idempotency_key_is_a_400(api, task) -> None:
     assert not Run.objects.exists()
 
 
+def test_idempotency_key_in_the_body_returns_the_first_run(api, task, broker) -> None:
+    body = {"task": "noop", "kwargs": {"x": 1}, "idempotency_key": "order-42"}
+    responses = [api.post(URL, body, format="json") for _ in range(3)]
+
+    assert [r.status_code for r in responses] == [201, 200, 200]
+    assert {r.data["id"] for r in responses} == {responses[0].data["id"]}
+    assert Run.objects.get().idempotency_key == "order-42"
+
+
+def test_idempotency_key_in_the_body_and_the_same_header_is_one_key(api, task, broker) -> None:
+    body = {"task": "noop", "idempotency_key": "k"}
+    first = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    again = api.post(URL, {"task": "noop"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.data["id"] == first.data["id"]
+
+
+def test_idempotency_key_in_the_body_differing_from_the_header_is_a_400(api, task) -> None:
+    response = api.post(
+        URL, {"task": "noop", "idempotency_key": "a"}, format="json", HTTP_IDEMPOTENCY_KEY="b"
+    )
+
+    assert response.status_code == 400
+    assert "Idempotency-Key" in str(response.data["idempotency_key"])
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("key", ["k" * 256, "line\nbreak"])
+def test_bad_idempotency_key_in_the_body_is_a_400(api, task, key) -> None:
+    response = api.post(URL, {"task": "noop", "idempotency_key": key}, format="json")
+    assert response.status_code == 400
+    assert "idempotency_key" in response.data
+    assert not Run.objects.exists()
+
+
 # --- bulk ---------------------------------------------------------------------------
 
 
@@ -166,6 +202,62 @@ def test_bulk_with_a_disabled_task_is_a_409_naming_the_index(api, task, make_tas
     assert response.status_code == 409
     assert "runs[1]" in response.data["detail"]
     assert not Run.objects.exists()
+
+
+def test_repeated_bulk_with_item_keys_returns_the_same_runs_with_200(api, task, broker) -> None:
+    bodies = [{"task": "noop", "kwargs": {"i": i}, "idempotency_key": f"item-{i}"} for i in range(3)]
+    first = api.post(URL + "bulk/", {"runs": bodies}, format="json")
+    again = api.post(URL + "bulk/", {"runs": bodies}, format="json")
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert [run["id"] for run in again.data] == [run["id"] for run in first.data]
+    assert Run.objects.count() == 3
+
+
+def test_bulk_mixing_repeats_and_new_items_is_a_201_in_order(api, task, broker) -> None:
+    first = api.post(URL, {"task": "noop", "idempotency_key": "old"}, format="json")
+    bodies = [{"task": "noop", "kwargs": {"new": 1}}, {"task": "noop", "idempotency_key": "old"}]
+    response = api.post(URL + "bulk/", {"runs": bodies}, format="json")
+
+    assert response.status_code == 201
+    assert response.data[1]["id"] == first.data["id"]
+    assert response.data[0]["kwargs"] == {"new": 1}
+    assert Run.objects.count() == 2
+
+
+def test_bulk_item_reusing_a_key_with_another_body_is_a_409_and_creates_nothing(api, task, broker) -> None:
+    api.post(URL, {"task": "noop", "kwargs": {"x": 1}, "idempotency_key": "k"}, format="json")
+    bodies = [{"task": "noop"}, {"task": "noop", "kwargs": {"x": 2}, "idempotency_key": "k"}]
+    response = api.post(URL + "bulk/", {"runs": bodies}, format="json")
+
+    assert response.status_code == 409
+    assert "runs[1]" in response.data["detail"]
+    assert Run.objects.count() == 1  # all or nothing
+
+
+def test_bulk_items_with_one_key_are_one_run_or_a_400_if_they_differ(api, task, broker) -> None:
+    same = api.post(URL + "bulk/", {"runs": [{"task": "noop", "idempotency_key": "k"}] * 2}, format="json")
+    assert same.status_code == 201
+    assert same.data[0]["id"] == same.data[1]["id"]
+
+    bodies = [
+        {"task": "noop", "idempotency_key": "j"},
+        {"task": "noop", "kwargs": {"x": 1}, "idempotency_key": "j"},
+    ]
+    differ = api.post(URL + "bulk/", {"runs": bodies}, format="json")
+    assert differ.status_code == 400
+    assert "idempotency_key" in differ.data["runs"][1]
+    assert Run.objects.count() == 1
+
+
+def test_bulk_idempotency_header_keys_each_item_by_its_index(api, task, broker) -> None:
+    bodies = [{"task": "noop", "kwargs": {"i": i}} for i in range(3)]
+    first = api.post(URL + "bulk/", {"runs": bodies}, format="json", HTTP_IDEMPOTENCY_KEY="batch-7")
+    again = api.post(URL + "bulk/", {"runs": bodies}, format="json", HTTP_IDEMPOTENCY_KEY="batch-7")
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert [run["idempotency_key"] for run in first.data] == ["batch-7:0", "batch-7:1", "batch-7:2"]
+    assert [run["id"] for run in again.data] == [run["id"] for run in first.data]
 
 
 # --- reading ------------------------------------------------------------------------

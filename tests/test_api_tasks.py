@@ -10,7 +10,7 @@ URL = "/api/v1/tasks/"
 TASK_FIELDS = {
     "name", "handler", "description", "args", "kwargs", "queue", "priority", "max_retries",
     "retry_backoff", "retry_backoff_max", "retry_jitter", "soft_time_limit", "time_limit",
-    "concurrency_policy", "enabled", "created_at", "updated_at",
+    "concurrency_policy", "enabled", "online_workers", "created_at", "updated_at",
 }  # fmt: skip
 
 

@@ -148,11 +148,48 @@ def test_handler_logs_and_progress_are_kept_with_the_run(make_task, make_run) ->
 
     run.refresh_from_db()
     assert run.state == S.COMPLETED
-    assert run.progress == {"fraction": 0.5, "message": "half way"}
+    assert run.result == {"progress while running": {"fraction": 0.5, "message": "half way"}}
     assert list(RunLog.objects.filter(run=run).values_list("level", "message")) == [
         ("INFO", "hello world"),
         ("WARNING", "careful"),
     ]
+
+
+def test_completed_run_progress_ends_at_one(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.chatty"), S.PENDING)
+
+    execute(run.pk, 1, hostname="w1")
+
+    run.refresh_from_db()
+    assert run.progress == {"fraction": 1.0, "message": "completed"}
+
+
+def test_resumed_run_keeps_its_first_started_at(make_task, make_run) -> None:
+    first = NOW - dt.timedelta(minutes=5)
+    task = make_task(handler="builtin.sleep")
+    run = make_run(task, S.PAUSED, started_at=first, attempt=1, checkpoint={"remaining": 0.0})
+
+    with time_machine.travel(NOW, tick=False):
+        controls.resume(run, by="op")
+        execute(run.pk, run.message_number, hostname="w1")
+
+    run.refresh_from_db()
+    assert (run.state, run.attempt) == (S.COMPLETED, 2)
+    assert (run.started_at, run.finished_at) == (first, NOW)
+
+
+def test_retry_by_hand_starts_the_run_afresh(make_task, make_run) -> None:
+    run = make_run(
+        make_task(), S.FAILED, started_at=NOW - dt.timedelta(hours=1), attempt=1, retries=2, refusals=5
+    )
+
+    with time_machine.travel(NOW, tick=False):
+        controls.retry(run, by="op")
+        execute(run.pk, run.message_number, hostname="w1")
+
+    run.refresh_from_db()
+    assert (run.state, run.attempt, run.retries, run.refusals) == (S.COMPLETED, 2, 0, 0)
+    assert run.started_at == NOW
 
 
 def test_outcome_of_a_run_cancelled_meanwhile_is_discarded(make_task, make_run) -> None:
@@ -250,3 +287,145 @@ def test_every_message_carries_a_hard_limit_no_longer_than_run_max_duration(
         submission.submit(RunRequest(task=task))
     (message,) = queued_messages(broker)
     assert message["headers"]["timelimit"] == sent
+
+
+# --- what Celery is told: its tools (worker log, Flower, events) agree with the run ----
+
+
+def celery_state(run: Run, message_number: int = 1) -> str:
+    """The state Celery's own tracer ends the run's message in."""
+    from celery.signals import task_prerun
+
+    from tasks_app.execution import _check_connections_after_idle, celery_task_for
+
+    task = celery_task_for(run.task.handler)
+    # A worker's connection check would close the test's connection, which is in a transaction.
+    task_prerun.disconnect(_check_connections_after_idle)
+    try:
+        return task.apply(kwargs={"run_id": run.pk, "message_number": message_number}).state
+    finally:
+        task_prerun.connect(_check_connections_after_idle)
+
+
+def test_failed_run_ends_its_celery_task_failed(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.explode"), S.PENDING)
+
+    assert celery_state(run) == "FAILURE"
+    run.refresh_from_db()
+    assert run.state == S.FAILED
+
+
+def test_attempt_to_be_retried_ends_its_celery_task_retrying(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.explode", max_retries=2), S.PENDING)
+
+    assert celery_state(run) == "RETRY"
+    run.refresh_from_db()
+    assert run.state == S.RETRYING
+
+
+def test_completed_run_ends_its_celery_task_succeeded(make_task, make_run) -> None:
+    run = make_run(make_task(), S.PENDING)
+
+    assert celery_state(run) == "SUCCESS"
+
+
+def test_message_that_runs_nothing_ends_its_celery_task_ignored(make_task, make_run) -> None:
+    run = make_run(make_task(), S.PENDING, message_number=2)
+
+    assert celery_state(run, message_number=1) == "IGNORED"  # a stale message
+    run.refresh_from_db()
+    assert run.state == S.PENDING
+
+
+def test_run_cancelled_while_its_handler_ran_ends_its_celery_task_ignored(make_task, make_run) -> None:
+    run = make_run(make_task(handler="tests.checkpoint_after_cancel"), S.PENDING)
+
+    assert celery_state(run) == "IGNORED"
+
+
+def test_message_names_the_task_and_the_run(
+    make_task, broker, settings, django_capture_on_commit_callbacks
+) -> None:
+    from tasks_app.submission import RunRequest
+    from tests.conftest import queued_messages
+
+    task = make_task(name="nightly-report")
+    with django_capture_on_commit_callbacks(execute=True):
+        run, _ = submission.submit(RunRequest(task=task))
+    (message,) = queued_messages(broker)
+    assert message["headers"]["task"] == "builtin.noop"  # what the worker executes
+    assert message["headers"]["shadow"] == "nightly-report"  # what its log and inspect show
+    assert message["headers"]["id"] == f"{run.pk}.1"
+    assert message["headers"]["kwargsrepr"] == repr({"run_id": run.pk, "message_number": 1})
+
+
+def test_hard_time_limit_finds_the_run_of_named_and_older_positional_arguments() -> None:
+    from tasks_app.execution import message_of
+
+    assert message_of([], {"run_id": 7, "message_number": 2}) == (7, 2)
+    assert message_of([7, 2], {}) == (7, 2)  # a message sent before the arguments were named
+
+
+def test_task_events_are_on_by_default() -> None:
+    from scheduler_site.celery import app
+
+    assert app.conf.worker_send_task_events is True
+
+
+# --- a message for a handler the worker lacks -----------------------------------------
+
+
+@time_machine.travel(NOW, tick=False)
+def test_refused_delivery_is_logged_on_the_run_and_sent_again_later(make_task, make_run, settings) -> None:
+    from tasks_app.execution import refuse_delivery
+
+    settings.PENDING_RESEND_AFTER = 30
+    run = make_run(make_task(handler="reports.build"), S.PENDING)
+
+    refuse_delivery(run.message_id, "reports.build", hostname="w1@host")
+
+    run.refresh_from_db()
+    assert (run.state, run.refusals) == (S.PENDING, 1)
+    assert run.due_at == NOW + dt.timedelta(seconds=30)  # scheduling.send_due_runs() sends it then
+    (line,) = RunLog.objects.filter(run=run)
+    assert line.level == "WARNING"
+    assert line.message == (
+        f"worker w1@host refused message {run.pk}.1: handler 'reports.build' is not registered there"
+    )
+
+
+def test_run_refused_max_deliveries_times_fails_with_handler_not_registered(
+    make_task, make_run, settings
+) -> None:
+    from tasks_app.execution import refuse_delivery
+
+    settings.RUN_MAX_DELIVERIES = 3
+    run = make_run(make_task(handler="reports.build"), S.PENDING)
+
+    for number in (1, 2, 3):
+        Run.objects.filter(pk=run.pk).update(message_number=number, due_at=None)  # sent again
+        refuse_delivery(f"{run.pk}.{number}", "reports.build", hostname=f"w{number}")
+
+    run.refresh_from_db()
+    assert (run.state, run.state_reason, run.refusals) == (S.FAILED, "handler not registered", 3)
+    assert run.error["type"] == "NotRegistered"
+    assert "'reports.build'" in run.error["message"] and "w3" in run.error["message"]
+    assert RunLog.objects.filter(run=run, level="WARNING").count() == 3
+    assert run.events.last().actor_name == "w3"
+
+    controls.retry(run, by="op")  # once a worker has the handler: a fresh budget
+    run.refresh_from_db()
+    assert (run.state, run.refusals) == (S.PENDING, 0)
+
+
+def test_refusal_of_a_stale_message_changes_nothing(make_task, make_run) -> None:
+    from tasks_app.execution import refuse_delivery
+
+    run = make_run(make_task(), S.PENDING, message_number=2)
+
+    refuse_delivery(f"{run.pk}.1", "builtin.noop", hostname="w1")
+    refuse_delivery("not-a-run-message", "builtin.noop", hostname="w1")
+
+    run.refresh_from_db()
+    assert (run.refusals, run.due_at) == (0, None)
+    assert not RunLog.objects.exists()

@@ -66,11 +66,11 @@ def test_run_on_an_offline_worker_is_retried_or_failed(make_task, make_run) -> N
         record_worker("dead@host", queues=["default"], concurrency=2)
     with time_machine.travel(ago(1), tick=False):
         record_worker("alive@host", queues=["default"], concurrency=2)
-    retried = make_run(make_task(max_retries=1), S.RUNNING, worker="dead@host", started_at=ago(90))
-    failed = make_run(make_task(max_retries=0), S.RUNNING, worker="dead@host", started_at=ago(90))
-    healthy = make_run(make_task(), S.RUNNING, worker="alive@host", started_at=ago(90))
-    unknown = make_run(make_task(), S.RUNNING, worker="never-seen@host", started_at=ago(90))
-    just_started = make_run(make_task(), S.RUNNING, worker="dead@host", started_at=ago(1))
+    retried = make_run(make_task(max_retries=1), S.RUNNING, worker="dead@host", state_changed_at=ago(90))
+    failed = make_run(make_task(max_retries=0), S.RUNNING, worker="dead@host", state_changed_at=ago(90))
+    healthy = make_run(make_task(), S.RUNNING, worker="alive@host", state_changed_at=ago(90))
+    unknown = make_run(make_task(), S.RUNNING, worker="never-seen@host", state_changed_at=ago(90))
+    just_started = make_run(make_task(), S.RUNNING, worker="dead@host", state_changed_at=ago(1))
 
     with time_machine.travel(NOW, tick=False):
         assert recover_lost_runs() == 3
@@ -86,11 +86,22 @@ def test_run_on_an_offline_worker_is_retried_or_failed(make_task, make_run) -> N
 def test_run_its_online_worker_no_longer_executes_is_moved_on(make_task, make_run) -> None:
     # The worker lives, but its pool process died under the run, or it could not record the outcome.
     orphan = make_run(
-        make_task(max_retries=1), S.RUNNING, worker="w@host", started_at=ago(30), message_number=1
+        make_task(max_retries=1), S.RUNNING, worker="w@host", state_changed_at=ago(30), message_number=1
     )
-    executing = make_run(make_task(), S.RUNNING, worker="w@host", started_at=ago(30), message_number=2)
-    just_claimed = make_run(make_task(), S.RUNNING, worker="w@host", started_at=ago(3), message_number=1)
-    silent = make_run(make_task(), S.RUNNING, worker="old@host", started_at=ago(30), message_number=1)
+    executing = make_run(make_task(), S.RUNNING, worker="w@host", state_changed_at=ago(30), message_number=2)
+    just_claimed = make_run(
+        make_task(), S.RUNNING, worker="w@host", state_changed_at=ago(3), message_number=1
+    )
+    # Its first attempt started long ago (kept by a resume); this one was claimed just now.
+    resumed = make_run(
+        make_task(),
+        S.RUNNING,
+        worker="w@host",
+        started_at=ago(600),
+        state_changed_at=ago(3),
+        message_number=3,
+    )
+    silent = make_run(make_task(), S.RUNNING, worker="old@host", state_changed_at=ago(30), message_number=1)
     with time_machine.travel(ago(1), tick=False):
         record_worker("w@host", queues=["default"], concurrency=4, executing=[f"{executing.pk}.2"])
         record_worker("old@host", queues=["default"], concurrency=1, executing=None)  # says nothing
@@ -100,7 +111,7 @@ def test_run_its_online_worker_no_longer_executes_is_moved_on(make_task, make_ru
 
     states = {r.pk: r.state for r in Run.objects.all()}
     assert states == {orphan.pk: S.RETRYING, executing.pk: S.RUNNING, just_claimed.pk: S.RUNNING,
-                      silent.pk: S.RUNNING}  # fmt: skip
+                      resumed.pk: S.RUNNING, silent.pk: S.RUNNING}  # fmt: skip
     orphan.refresh_from_db()
     assert orphan.error["message"] == "worker w@host is no longer executing it"
     assert orphan.events.last().reason.startswith("worker lost; retry 1 of 1")
@@ -108,7 +119,9 @@ def test_run_its_online_worker_no_longer_executes_is_moved_on(make_task, make_ru
 
 def test_a_run_that_keeps_losing_its_worker_stops_being_sent(make_task, make_run, settings) -> None:
     settings.RUN_MAX_DELIVERIES = 3
-    run = make_run(make_task(max_retries=10), S.RUNNING, worker="gone@host", started_at=ago(90), attempt=3)
+    run = make_run(
+        make_task(max_retries=10), S.RUNNING, worker="gone@host", state_changed_at=ago(90), attempt=3
+    )
     with time_machine.travel(NOW, tick=False):
         recover_lost_runs()
     run.refresh_from_db()
@@ -176,7 +189,7 @@ def test_beat_gives_workers_their_heartbeat_allowance_after_a_database_outage(
     make_task, make_run, monkeypatch, settings
 ) -> None:
     an_hour_ago = timezone.now() - dt.timedelta(hours=1)
-    run = make_run(make_task(), S.RUNNING, worker="gone@host", started_at=an_hour_ago)
+    run = make_run(make_task(), S.RUNNING, worker="gone@host", state_changed_at=an_hour_ago)
     scheduler = PlatformScheduler.__new__(PlatformScheduler)  # its tick only, no beat around it
 
     def unreachable(**kwargs: object) -> int:

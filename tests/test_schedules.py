@@ -307,3 +307,17 @@ def test_a_workflow_schedule_that_cannot_start_is_set_aside_alone(make_schedule,
     broken.refresh_from_db()
     assert "no longer exist" in broken.invalid_reason
     assert broken.next_fire_at is None
+
+
+@pytest.mark.django_db(transaction=True)  # beat's tick closes connections: no test transaction
+def test_a_beat_tick_that_fires_nothing_logs_nothing_at_info(make_schedule, broker, caplog) -> None:
+    make_schedule(interval_seconds=60)
+    scheduler = PlatformScheduler.__new__(PlatformScheduler)  # its tick only, no beat around it
+
+    with caplog.at_level("INFO"), time_machine.travel(at(30), tick=False):
+        scheduler.platform_tick()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == []
+
+    with caplog.at_level("INFO"), time_machine.travel(at(60), tick=False):
+        scheduler.platform_tick()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == ["fire due schedules: 1"]

@@ -7,8 +7,9 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app import handlers, timing
+from tasks_app import handlers, timing, workers
 from tasks_app.api.versions import FieldsSentOnly
+from tasks_app.choices import TriggerRule
 from tasks_app.definitions import validate_steps
 from tasks_app.models import (
     Run,
@@ -27,6 +28,7 @@ from tasks_app.models.workflows import InvalidWorkflow
 from tasks_app.submission import RunRequest
 
 BULK_MAX = 1000
+IDEMPOTENCY_KEY_MAX = 255
 
 
 class StoredList(serializers.ListField):
@@ -53,11 +55,21 @@ class HandlerSerializer(serializers.Serializer):
 class TaskSerializer(FieldsSentOnly, serializers.ModelSerializer):
     args = StoredList(required=False, default=list)
     kwargs = StoredDict(required=False, default=dict)
+    online_workers = serializers.SerializerMethodField(
+        help_text="Online workers that take the task's queue and have its handler: 0, and its runs "
+        "wait, then fail with 'handler not registered'."
+    )
 
     class Meta:
         model = Task
-        fields = [*Task.EDITABLE_FIELDS, "created_at", "updated_at"]
+        fields = [*Task.EDITABLE_FIELDS, "online_workers", "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_online_workers(self, task: Task) -> int:
+        if "online_workers" not in self.context:  # one read for a whole list
+            self.context["online_workers"] = list(workers.online_workers())
+        return workers.online_serving(task.queue, task.handler, self.context["online_workers"])
 
     def validate_name(self, value: str) -> str:
         problem = self.instance.rename_problem(value) if self.instance is not None else ""
@@ -157,6 +169,16 @@ def task_by_name() -> serializers.SlugRelatedField:
     )
 
 
+def check_idempotency_key(key: str) -> str:
+    """A key as the client wrote it: one line of printable text, at most 255 characters."""
+    key = key.strip()
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise serializers.ValidationError(f"At most {IDEMPOTENCY_KEY_MAX} characters.")
+    if not key.isprintable():
+        raise serializers.ValidationError("Must not hold control characters.")
+    return key
+
+
 class RunSubmitSerializer(serializers.Serializer):
     task = task_by_name()
     args = serializers.ListField(required=False, allow_null=True, default=None)
@@ -165,19 +187,30 @@ class RunSubmitSerializer(serializers.Serializer):
         required=False, allow_null=True, default=None, min_value=0, max_value=PRIORITY_MAX
     )
     run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    idempotency_key = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        default=None,
+        trim_whitespace=False,
+        help_text="The same key for the same task returns the first run (200); with another request, a 409.",
+    )
 
-    def to_request(self, idempotency_key: str | None = None) -> RunRequest:
-        return request_of(self.validated_data, idempotency_key)
+    def validate_idempotency_key(self, value: str | None) -> str | None:
+        return check_idempotency_key(value) or None if value is not None else None
+
+    def to_request(self) -> RunRequest:
+        return request_of(self.validated_data)
 
 
-def request_of(data: dict[str, Any], idempotency_key: str | None = None) -> RunRequest:
+def request_of(data: dict[str, Any]) -> RunRequest:
     return RunRequest(
         task=data["task"],
         args=data["args"],
         kwargs=data["kwargs"],
         priority=data["priority"],
         run_at=data["run_at"],
-        idempotency_key=idempotency_key,
+        idempotency_key=data["idempotency_key"],
     )
 
 
@@ -273,8 +306,23 @@ class SchedulePreviewSerializer(serializers.Serializer):
         return attrs
 
 
+class WorkflowStepSerializer(serializers.Serializer):
+    """One step of a workflow (for the schema: WorkflowSerializer.validate_steps checks them)."""
+
+    key = serializers.CharField(help_text="Unique in the workflow; what `depends_on` names.")
+    task = serializers.CharField(help_text="The name of the task the step runs.")
+    kwargs = serializers.DictField(required=False, help_text="Over the task's own kwargs.")
+    depends_on = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    trigger_rule = serializers.ChoiceField(choices=TriggerRule.choices, default=TriggerRule.ALL_SUCCESS)
+
+
+@extend_schema_field(WorkflowStepSerializer(many=True))
+class StepsField(serializers.JSONField):
+    pass
+
+
 class WorkflowSerializer(FieldsSentOnly, serializers.ModelSerializer):
-    steps = serializers.JSONField()
+    steps = StepsField()
 
     class Meta:
         model = Workflow
@@ -351,8 +399,8 @@ class WorkerSerializer(serializers.ModelSerializer):
     class Meta:
         model = Worker
         fields = [
-            "hostname", "status", "queues", "concurrency", "active", "last_heartbeat", "started_at", "pid",
-            "version",
+            "hostname", "status", "queues", "concurrency", "active", "handlers", "last_heartbeat",
+            "started_at", "pid", "version",
         ]  # fmt: skip
         read_only_fields = fields
 

@@ -58,7 +58,8 @@ def check_if_match(request: Request, instance: models.Model) -> None:
 
 
 class FieldsSentOnly:
-    """For a ModelSerializer: update() saves only what was validated, not the whole row."""
+    # For a ModelSerializer: update() saves only what was validated, not the whole row.
+    # (A comment, not a docstring: the schema would show it as every model's description.)
 
     def update(self, instance: models.Model, validated_data: dict[str, Any]) -> models.Model:
         for name, value in validated_data.items():

@@ -26,6 +26,7 @@ from tasks_app.api.filters import RunFilter, WorkflowRunFilter
 from tasks_app.api.pagination import OldestFirstCursorPagination
 from tasks_app.api.permissions import requires
 from tasks_app.api.serializers import (
+    IDEMPOTENCY_KEY_MAX,
     BulkSubmitSerializer,
     HandlerSerializer,
     RunEventSerializer,
@@ -142,24 +143,59 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         key = idempotency_key(request)
         submit = RunSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
-        submission.ensure_enabled(submit.validated_data["task"])  # before the throttle counts it
+        run_request = submit.to_request()
+        if key and run_request.idempotency_key and key != run_request.idempotency_key:
+            raise ValidationError({"idempotency_key": f"Differs from the {IDEMPOTENCY_HEADER} header."})
+        run_request.idempotency_key = run_request.idempotency_key or key
+        submission.ensure_enabled(run_request.task)  # before the throttle counts it
         SubmitThrottle().take(request, 1)
-        run, created = submission.submit(submit.to_request(key), by=actor_name(request))
+        run, created = submission.submit(run_request, by=actor_name(request))
         return Response(
             RunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
-    @extend_schema(request=BulkSubmitSerializer, responses={201: RunSerializer(many=True)})
-    @action(detail=False, methods=["post"], pagination_class=None)  # a plain list, in order
+    @extend_schema(
+        request=BulkSubmitSerializer,
+        responses={201: RunSerializer(many=True), 200: RunSerializer(many=True)},
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description=(
+                    "Stands for the whole request: an item without an idempotency_key of its own gets "
+                    "the key KEY:INDEX (runs[3] of KEY gets KEY:3), so a bulk sent again with the same "
+                    "header returns the same runs (200 when every item is a repeat)."
+                ),
+            )
+        ],
+    )
+    @action(detail=False, methods=["post"], pagination_class=None, filter_backends=[])  # a plain list
     def bulk(self, request: Request) -> Response:
+        key = idempotency_key(request)
         submit = BulkSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
         items = submit.validated_data["runs"]
-        for index, item in enumerate(items):
-            submission.ensure_enabled(item["task"], where=f"runs[{index}]: ")
+        requests = [request_of(item) for item in items]
+        for index, run_request in enumerate(requests):
+            submission.ensure_enabled(run_request.task, where=f"runs[{index}]: ")
+            if key and not run_request.idempotency_key:
+                derived = f"{key}:{index}"
+                if len(derived) > IDEMPOTENCY_KEY_MAX:
+                    longest = IDEMPOTENCY_KEY_MAX - len(":999")
+                    raise ValidationError(
+                        {IDEMPOTENCY_HEADER: f"At most {longest} characters on a bulk request."}
+                    )
+                run_request.idempotency_key = derived
         SubmitThrottle().take(request, len(items))
-        runs = submission.submit_many([request_of(item) for item in items], by=actor_name(request))
-        return Response(RunSerializer(runs, many=True).data, status=status.HTTP_201_CREATED)
+        try:
+            runs, created = submission.submit_all(requests, by=actor_name(request))
+        except submission.RepeatedKey as exc:
+            raise ValidationError({"runs": {exc.index: {"idempotency_key": [str(exc)]}}}) from None
+        return Response(
+            RunSerializer(runs, many=True).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
     @extend_schema(responses=RunEventSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=OldestFirstCursorPagination)
@@ -286,7 +322,7 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
         fires, current = [], timezone.now()
         for _ in range(5):
             current = timer.next_after(current)
-            fires.append(current.isoformat())
+            fires.append(current.astimezone(timer.tz).isoformat())  # with the zone's offset, as reads
         return Response({"description": timing.describe(preview.validated_data["cron"]), "next_runs": fires})
 
 

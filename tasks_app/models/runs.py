@@ -48,6 +48,9 @@ class Run(models.Model):
     # When a created or retrying run is next due to be sent (run_at, or backoff end).
     due_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True)
+    # Deliveries refused by workers that lack the run's handler since it was submitted or
+    # last retried by hand; RUN_MAX_DELIVERIES of them fail it (execution.refuse_delivery).
+    refusals = models.PositiveIntegerField(default=0)
     # Concurrency policy (concurrency.py): the lock's holder token and its fencing token.
     lock_token = models.CharField(max_length=64, blank=True)
     fence = models.PositiveBigIntegerField(null=True, blank=True)

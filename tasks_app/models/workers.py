@@ -21,6 +21,8 @@ class Worker(models.Model):
     # Message ids ("<run>.<n>") the worker was executing at its last heartbeat; None
     # when it does not say (then recovery judges its runs by its heartbeat alone).
     executing = models.JSONField(null=True, blank=True, default=None)
+    # Names of the handlers registered in the worker: it can run only tasks of these.
+    handlers = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["hostname"]
@@ -33,6 +35,10 @@ class Worker(models.Model):
         """Heartbeats after this instant mean online."""
         missed = settings.WORKER_HEARTBEAT_INTERVAL * settings.WORKER_MISSED_HEARTBEATS
         return (now or timezone.now()) - dt.timedelta(seconds=missed)
+
+    def serves(self, queue: str, handler: str) -> bool:
+        """Whether it takes messages from `queue` and can run `handler`."""
+        return queue in self.queues and handler in self.handlers
 
     @property
     def online(self) -> bool:

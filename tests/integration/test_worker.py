@@ -184,3 +184,53 @@ def test_workflow_diamond_completes_on_a_worker_with_upstream_results(platform) 
     assert d.result["upstream"]["B"]["kwargs"] == {"b": 1}
     b, c = (workflows.latest_runs(workflow_run.pk)[k] for k in "BC")
     assert d.started_at >= max(b.finished_at, c.finished_at)  # fan-in waited for both
+
+
+def test_run_whose_handler_the_worker_lacks_fails_after_max_deliveries(platform, settings) -> None:
+    # tests.explode is registered in this process (tests/handlers.py), not in the worker.
+    task = Task.objects.create(name="missing-on-worker", handler="tests.explode")
+
+    run = wait_for_state(submit(task), S.FAILED, timeout=60)
+
+    assert run.state_reason == "handler not registered"
+    assert run.refusals == settings.RUN_MAX_DELIVERIES
+    assert run.error["type"] == "NotRegistered"
+    lines = list(run.logs.values_list("level", "message"))
+    assert len(lines) == settings.RUN_MAX_DELIVERIES
+    assert all(
+        level == "WARNING" and "worker itest@" in line and "'tests.explode'" in line for level, line in lines
+    )
+    assert [e.to_state for e in run.events.all()] == [S.CREATED, S.PENDING, S.FAILED]  # no attempt ran
+    assert "Received unregistered task of type 'tests.explode'" in platform["worker"].output()
+
+
+def test_celery_reports_a_failed_run_as_failed_and_its_retry_as_a_retry(platform) -> None:
+    task = Task.objects.create(name="flaky-twice", handler="builtin.flaky", max_retries=1, retry_backoff=0.1)
+
+    run = wait_for_state(submit(task, fail_times=2), S.FAILED)
+
+    def logged_failure() -> str | None:
+        out = platform["worker"].output()
+        return out if f"flaky-twice[{run.pk}.2] raised" in out else None
+
+    log = wait_until(logged_failure, timeout=10, what="the worker to log the failure")
+    assert f"Task flaky-twice[{run.pk}.1] retry:" in log
+    assert f"Task flaky-twice[{run.pk}.2] raised unexpected: RuntimeError" in log
+    assert f"[{run.pk}.1] succeeded" not in log and f"[{run.pk}.2] succeeded" not in log
+
+
+def test_inspect_shows_the_task_name_and_the_run_and_task_events_are_on(platform) -> None:
+    task = Task.objects.create(name="long-nap", handler="builtin.sleep")
+    run = wait_for_state(submit(task, seconds=60), S.RUNNING)
+    try:
+        active = [
+            request for requests in app.control.inspect(timeout=1).active().values() for request in requests
+        ]
+        (request,) = [request for request in active if request["id"] == run.message_id]
+        assert request["name"] == "long-nap"
+        assert request["type"] == "builtin.sleep"
+        assert request["kwargs"] == {"run_id": run.pk, "message_number": run.message_number}
+        (conf,) = app.control.inspect(timeout=1).conf().values()
+        assert conf["CELERY_WORKER_SEND_TASK_EVENTS"] is True  # as `celery worker -E`
+    finally:
+        controls.cancel(run, by="tester")
