@@ -22,7 +22,7 @@ from tasks_app.models import Run, RunEvent, Workflow, WorkflowRun, WorkflowRunEv
 
 S = RunState
 
-# The contract's table (API.md), written out again so a change to TRANSITIONS shows here.
+# The contract's table (docs/states.md), written out again so a change to TRANSITIONS shows here.
 CONTRACT = {
     (S.CREATED, S.PENDING), (S.CREATED, S.PAUSED), (S.CREATED, S.CANCELLED), (S.CREATED, S.SKIPPED),
     (S.PENDING, S.RUNNING), (S.PENDING, S.PAUSED), (S.PENDING, S.CANCELLED), (S.PENDING, S.FAILED),

@@ -1,7 +1,7 @@
 """The error answers of every operation, written into the OpenAPI schema.
 
 drf-spectacular documents what a view returns when it succeeds; clients (and schemathesis'
-status-code check) also need the errors API.md promises: 400 for a bad field, 401/403,
+status-code check) also need the errors docs/api.md promises: 400 for a bad field, 401/403,
 404, 409 for a state conflict, 412 for a stale If-Match, 413 for a body too large, 414 for
 a URL over the server's limit, 415 for a body that is not JSON, 429 when throttled, 503
 while the database or broker is away.
