@@ -197,7 +197,9 @@ class RunSubmitSerializer(serializers.Serializer):
     )
 
     def validate_idempotency_key(self, value: str | None) -> str | None:
-        return check_idempotency_key(value) or None if value is not None else None
+        if value is None:
+            return None
+        return check_idempotency_key(value) or None  # blank: no key
 
     def to_request(self) -> RunRequest:
         return request_of(self.validated_data)
