@@ -313,8 +313,13 @@ def fail_or_retry(run: Run, error: dict[str, Any], *, hostname: str, reason: str
 def _refused(sender: Any = None, name: str = "", id: str = "", **kwargs: Any) -> None:
     # Celery has rejected the message (it is gone) and logged the error; the run must
     # not wait for the lost-message sweep, nor be sent again forever.
+    # This runs in the consumer's own thread, which no task's connection care covers.
+    close_old_connections()
     try:
-        refuse_delivery(id, name, hostname=getattr(sender, "hostname", "") or "")
+        patiently(
+            lambda: refuse_delivery(id, name, hostname=getattr(sender, "hostname", "") or ""),
+            f"record the refused message {id}",
+        )
     except Exception:
         logger.exception("could not record the refused message %s", id)
 

@@ -100,12 +100,16 @@ def submit_all(requests: list[RunRequest], *, by: str = "") -> tuple[list[Run], 
         with transaction.atomic():
             return _submit_keyed(requests, by)
     except IntegrityError:
-        # A concurrent request with one of these keys committed first: they are repeats now.
+        # A concurrent request with one of these keys committed first, or a key the database's
+        # collation holds equal to a stored one spelled otherwise (MariaDB: "K" = "k"): they
+        # are repeats, found now by the database's own comparison.
         with transaction.atomic():
-            return _submit_keyed(requests, by)
+            return _submit_keyed(requests, by, as_the_database_compares=True)
 
 
-def _submit_keyed(requests: list[RunRequest], by: str) -> tuple[list[Run], bool]:
+def _submit_keyed(
+    requests: list[RunRequest], by: str, *, as_the_database_compares: bool = False
+) -> tuple[list[Run], bool]:
     where = (lambda index: f"runs[{index}]: ") if len(requests) > 1 else (lambda index: "")
     keys = {(request.task.pk, request.idempotency_key) for request in requests if request.idempotency_key}
     used: dict[tuple[int, str], Run] = {}
@@ -113,6 +117,11 @@ def _submit_keyed(requests: list[RunRequest], by: str) -> tuple[list[Run], bool]
         names = [key for t, key in keys if t == task_id]
         for run in Run.objects.filter(task_id=task_id, idempotency_key__in=names):
             used[(task_id, run.idempotency_key)] = run
+    if as_the_database_compares:
+        for task_id, key in keys - set(used):
+            run = Run.objects.filter(task_id=task_id, idempotency_key=key).first()
+            if run is not None:
+                used[(task_id, key)] = run
     first_of: dict[tuple[int, str], int] = {}
     fresh: list[int] = []  # indexes of the requests that make a new run
     for index, request in enumerate(requests):

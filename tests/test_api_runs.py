@@ -491,3 +491,15 @@ def test_a_bad_idempotency_key_is_a_400(api, task, header, says) -> None:
     assert response.status_code == 400
     assert says in str(response.data["Idempotency-Key"])
     assert not Run.objects.exists()
+
+
+def test_key_the_database_holds_equal_is_a_repeat_not_an_error(api, task, broker) -> None:
+    from django.db import connection
+
+    first = api.post(URL, {"task": "noop", "idempotency_key": "Order-42"}, format="json")
+    again = api.post(URL, {"task": "noop", "idempotency_key": "order-42"}, format="json")
+
+    if connection.vendor == "mysql":  # its collation compares keys without case
+        assert (again.status_code, again.data["id"]) == (200, first.data["id"])
+    else:
+        assert again.status_code == 201
