@@ -237,6 +237,7 @@ SUBMIT_THROTTLE_RATE = env_str("SUBMIT_THROTTLE_RATE", "6000/min")
 # Celery and RabbitMQ keep for themselves.
 BROKER_KEY_PREFIX = "broker:"
 LOCK_KEY_PREFIX = "lock:"
+ALERT_KEY_PREFIX = "alerts:"  # the alert rules' version (tasks_app.alerts)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -338,6 +339,39 @@ PENDING_RESEND_AFTER = env_number("PENDING_RESEND_AFTER", 30, minimum=1)
 RUN_RETENTION_DAYS = env_number("RUN_RETENTION_DAYS", 30, minimum=1)
 # Hosts builtin.http may reach; empty means none.
 BUILTIN_HTTP_ALLOWED_HOSTS = env_list("BUILTIN_HTTP_ALLOWED_HOSTS", [])
+
+# --- Alerts (tasks_app.alerts evaluates, tasks_app.notifications delivers) ------------
+# The platform's address as its users reach it: alerts link to their admin page under it.
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# How often beat looks for late schedules, overrunning runs, offline workers and reminders (s).
+ALERT_SWEEP_INTERVAL = env_number("ALERT_SWEEP_INTERVAL", 5, minimum=0.1)
+# How often beat's sender looks for notifications to deliver (s).
+ALERT_DELIVERY_INTERVAL = env_number("ALERT_DELIVERY_INTERVAL", 1, minimum=0.05)
+# A webhook or Slack request, and an SMTP conversation, give up after this long (s).
+ALERT_DELIVERY_TIMEOUT = env_number("ALERT_DELIVERY_TIMEOUT", 10, minimum=0.1)
+# A sender's claim on a notification: another sender tries it after this long (s), so one that
+# died mid-send is covered. Longer than a delivery may take, or two would send at once.
+ALERT_DELIVERY_LEASE = env_number("ALERT_DELIVERY_LEASE", 60, minimum=1)
+if ALERT_DELIVERY_LEASE <= ALERT_DELIVERY_TIMEOUT:
+    raise ImproperlyConfigured("ALERT_DELIVERY_LEASE must be longer than ALERT_DELIVERY_TIMEOUT")
+# A transient failure (429, 5xx, a timeout, a refused connection) is retried after
+# ALERT_RETRY_BACKOFF seconds, doubling up to ALERT_RETRY_BACKOFF_MAX; a notification still
+# undelivered ALERT_GIVE_UP_AFTER seconds after its event is failed, not sent stale.
+ALERT_RETRY_BACKOFF = env_number("ALERT_RETRY_BACKOFF", 5, minimum=0.1)
+ALERT_RETRY_BACKOFF_MAX = env_number("ALERT_RETRY_BACKOFF_MAX", 60, minimum=0.1)
+ALERT_GIVE_UP_AFTER = env_number("ALERT_GIVE_UP_AFTER", 24 * 3600, minimum=1)
+# E-mail channels go through Django's e-mail settings.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(env_number("EMAIL_PORT", 25, minimum=1))
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on")
+EMAIL_TIMEOUT = ALERT_DELIVERY_TIMEOUT
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "scheduler@localhost")
 
 LOGGING = {
     "version": 1,

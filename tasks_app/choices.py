@@ -73,6 +73,42 @@ class TriggerRule(models.TextChoices):
     ONE_SUCCESS = "one_success", "at least one upstream step completed"
 
 
+class AlertCondition(models.TextChoices):
+    """What an alert rule watches (tasks_app.alerts evaluates each)."""
+
+    FAILURE = "failure", "runs of the scope end failed or cancelled, `consecutive` in a row"
+    LATE = "late", "an instant of a schedule has no run started grace_seconds after it"
+    OVERRUN = "overrun", "a run is still running max_seconds after it started"
+    WORKER_OFFLINE = "worker_offline", "a worker missed its heartbeats"
+    WORKFLOW_FAILURE = "workflow_failure", "a workflow run ended failed"
+
+
+class AlertState(models.TextChoices):
+    OPEN = "open", "the condition holds"
+    RESOLVED = "resolved", "the condition ended"
+
+
+class AlertEventKind(models.TextChoices):
+    """A change of an alert, and what a notification announces."""
+
+    OPENED = "opened", "the condition started"
+    RESOLVED = "resolved", "the condition ended"
+    REMINDER = "reminder", "the condition still holds (the rule's reminder_seconds passed)"
+    TEST = "test", "a test of the channel, asked for by a user"
+
+
+class ChannelKind(models.TextChoices):
+    WEBHOOK = "webhook", "a JSON POST, signed with the channel's secret"
+    SLACK = "slack", "a Slack incoming-webhook message"
+    EMAIL = "email", "an e-mail through Django's e-mail settings"
+
+
+class NotificationState(models.TextChoices):
+    PENDING = "pending", "waiting to be delivered, or to be tried again"
+    SENT = "sent", "the channel accepted it"
+    FAILED = "failed", "not delivered: a permanent error, or too old to send"
+
+
 # The reason of the event a run inserted as due now gets for its move to pending (the
 # database trigger writes it: db_triggers.py).
 SENT_AT_SUBMISSION = "sent to the broker"

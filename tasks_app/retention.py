@@ -1,4 +1,5 @@
-"""Pruning old history: finished runs, their events and logs, and finished workflow runs.
+"""Pruning old history: finished runs, their events and logs, finished workflow runs, and
+resolved alerts with their events and notifications (and old channel tests).
 
 A built-in beat entry (CELERY_BEAT_SCHEDULE, "prune old runs") sends `tasks_app.prune`
 daily. Rows go in batches of short DELETEs, so the tables are never locked for long.
@@ -14,8 +15,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from tasks_app.choices import TERMINAL_STATES
-from tasks_app.models import Run, RunEvent, RunLog, WorkflowRun, WorkflowRunEvent
+from tasks_app.choices import TERMINAL_STATES, AlertState
+from tasks_app.models import Alert, Notification, Run, RunEvent, RunLog, WorkflowRun, WorkflowRunEvent
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,21 @@ def prune(now: dt.datetime | None = None, batch: int = 1000) -> int:
             WorkflowRun.objects.filter(pk=workflow_run_id).delete()
     if deleted:
         logger.info("pruned %d run(s) finished before %s", deleted, cutoff.isoformat())
+    _prune_alerts(cutoff, batch)
     return deleted
+
+
+def _prune_alerts(cutoff: dt.datetime, batch: int) -> None:
+    while True:
+        ids = list(
+            Alert.objects.filter(state=AlertState.RESOLVED, resolved_at__lt=cutoff).values_list(
+                "pk", flat=True
+            )[:batch]
+        )
+        if not ids:
+            break
+        Alert.objects.filter(pk__in=ids).delete()  # with their events and notifications
+    Notification.objects.filter(alert__isnull=True, created_at__lt=cutoff).delete()  # channel tests
 
 
 @shared_task(name="tasks_app.prune")

@@ -25,7 +25,17 @@ from django.db import DatabaseError, InterfaceError, OperationalError, close_old
 from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from tasks_app import broker, concurrency, lifecycle, recovery, submission, timing, workflows
+from tasks_app import (
+    alerts,
+    broker,
+    concurrency,
+    lifecycle,
+    notifications,
+    recovery,
+    submission,
+    timing,
+    workflows,
+)
 from tasks_app.choices import MisfirePolicy, RunState, RunTrigger
 from tasks_app.definitions import MIRROR_TASK
 from tasks_app.models import Run, Schedule, Task, WorkflowRun
@@ -41,7 +51,13 @@ BATCH = 500
 class PlatformScheduler(DatabaseScheduler):
     _locks_extended_at = 0.0
     _swept_at = 0.0
+    _alerts_swept_at = 0.0
     _database_failed_at = float("-inf")
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()
+        # Beat delivers the alerts' notifications, in a thread: a slow receiver delays no fire.
+        notifications.start_sender()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = super().tick(*args, **kwargs)
@@ -78,6 +94,8 @@ class PlatformScheduler(DatabaseScheduler):
         if time.monotonic() - self._database_failed_at > allowance:
             self._every("_swept_at", settings.WORKER_HEARTBEAT_INTERVAL, recovery.recover_lost_runs,
                         recovery.resend_lost_messages, recovery.advance_stalled_workflows)  # fmt: skip
+            # After recovery: a lost worker's runs have failed, and its heartbeats are judged.
+            self._every("_alerts_swept_at", settings.ALERT_SWEEP_INTERVAL, alerts.sweep)
         self._every("_locks_extended_at", settings.CONCURRENCY_LOCK_TTL / 3, concurrency.extend_active)
         return busy
 
@@ -158,13 +176,14 @@ def fire_due(now: dt.datetime | None = None, limit: int = BATCH) -> int:
         tasks = Task.objects.in_bulk({s.task_id for s in due if s.task_id})
         requests: list[RunRequest] = []
         workflows_due = []
+        missed: list[tuple[Schedule, list[dt.datetime]]] = []
         for schedule in due:
             schedule.task = tasks.get(schedule.task_id)
             fired_before = schedule.last_fired_at, schedule.missed_fires
             try:
                 fires = []
                 if schedule.next_fire_at > RECOMPUTE:  # else its timing was edited: no fire
-                    fires = _fires_of(schedule, now, grace, cap)
+                    fires = _fires_of(schedule, now, grace, cap, missed)
                 if schedule.workflow_id:
                     mine = [(schedule, instant) for instant, _reason in fires]
                 else:
@@ -179,6 +198,8 @@ def fire_due(now: dt.datetime | None = None, limit: int = BATCH) -> int:
             schedule.invalid_reason = ""
             (workflows_due if schedule.workflow_id else requests).extend(mine)
         Schedule.objects.bulk_update(due, ["next_fire_at", "last_fired_at", "missed_fires", "invalid_reason"])
+        if missed:  # in this transaction: the late alerts' notifications commit with the fires
+            alerts.schedules_missed(missed, now=now)
         fired = {(r.schedule.pk, r.scheduled_for) for r in requests}
         if fired:
             done = set(
@@ -215,8 +236,11 @@ def fire_due(now: dt.datetime | None = None, limit: int = BATCH) -> int:
     return len(requests) + len(workflows_due)
 
 
-def _fires_of(schedule: Schedule, now: dt.datetime, grace: dt.timedelta, cap: int) -> list:
-    """The instants to fire now, each with its reason; misfires follow the schedule's policy."""
+def _fires_of(
+    schedule: Schedule, now: dt.datetime, grace: dt.timedelta, cap: int, missed_out: list | None = None
+) -> list:
+    """The instants to fire now, each with its reason; misfires follow the schedule's policy
+    (and are added to `missed_out`, with their schedule)."""
     instants = [schedule.next_fire_at]
     instants += [
         i
@@ -227,6 +251,8 @@ def _fires_of(schedule: Schedule, now: dt.datetime, grace: dt.timedelta, cap: in
     missed = [i for i in instants if now - i > grace]
     if missed:
         schedule.missed_fires += len(missed)
+        if missed_out is not None:
+            missed_out.append((schedule, missed))
         logger.warning(
             "schedule %s missed %s%d instant(s) from %s: %s",
             schedule.pk,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from tasks_app.models import Run, RunEvent, Task
 
 # Handlers used only by the tests.
 from tests import handlers as _test_handlers  # noqa: F401
+from tests.receivers import Receiver
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,6 +38,14 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _fast_passwords(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _alert_rules_read_afresh() -> None:
+    """Each test reads the alert rules it made: none kept from a test rolled back before it."""
+    from tasks_app import alerts
+
+    alerts.reset_rules()
 
 
 @pytest.fixture
@@ -117,7 +126,13 @@ def _client(user: User | None) -> APIClient:
 
 
 MODELS = ("task", "run", "schedule", "workflow", "workflowrun")
-VIEW_PERMISSIONS = (*(f"view_{model}" for model in MODELS), "view_worker")
+VIEW_PERMISSIONS = (
+    *(f"view_{model}" for model in MODELS),
+    "view_worker",
+    "view_channel",
+    "view_alertrule",
+    "view_alert",
+)
 
 
 @pytest.fixture
@@ -173,3 +188,12 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 30, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def receiver(settings: Any, db: Any) -> Iterator[Receiver]:
+    """A local HTTP server that webhooks may reach (the host allowlist names its port)."""
+    receiver = Receiver()
+    settings.BUILTIN_HTTP_ALLOWED_HOSTS = [f"127.0.0.1:{receiver.port}"]
+    yield receiver
+    receiver.close()

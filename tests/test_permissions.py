@@ -150,6 +150,7 @@ def test_a_reader_reads_every_list_and_changes_nothing(reader, world) -> None:
 def test_the_view_permissions_cover_every_model_the_api_shows() -> None:
     assert set(VIEW_PERMISSIONS) == {
         "view_task", "view_run", "view_schedule", "view_workflow", "view_workflowrun", "view_worker",
+        "view_channel", "view_alertrule", "view_alert",
     }  # fmt: skip
 
 

@@ -7,8 +7,8 @@ import django_filters
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 
-from tasks_app.choices import RunState, WorkflowState
-from tasks_app.models import Run, WorkflowRun
+from tasks_app.choices import AlertState, RunState, WorkflowState
+from tasks_app.models import Alert, Run, WorkflowRun
 
 
 class UtcDateTimeField(IsoDateTimeField):
@@ -49,3 +49,13 @@ class WorkflowRunFilter(django_filters.FilterSet):
     class Meta:
         model = WorkflowRun
         fields = ["workflow", "state"]
+
+
+class AlertFilter(django_filters.FilterSet):
+    state = django_filters.MultipleChoiceFilter(choices=AlertState.choices)
+    rule = django_filters.NumberFilter(field_name="rule_id")
+    task = django_filters.CharFilter(field_name="task__name")
+
+    class Meta:
+        model = Alert
+        fields = ["state", "rule", "task"]

@@ -7,11 +7,17 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app import handlers, timing, workers
+from tasks_app import handlers, notifications, timing, workers
+from tasks_app.api.pagination import BIGINT_MAX
 from tasks_app.api.versions import FieldsSentOnly
-from tasks_app.choices import TriggerRule
+from tasks_app.choices import AlertCondition, AlertEventKind, TriggerRule
 from tasks_app.definitions import validate_steps
 from tasks_app.models import (
+    Alert,
+    AlertEvent,
+    AlertRule,
+    Channel,
+    Notification,
     Run,
     RunEvent,
     RunLog,
@@ -22,6 +28,7 @@ from tasks_app.models import (
     WorkflowRun,
     WorkflowRunEvent,
 )
+from tasks_app.models.alerts import rule_problems
 from tasks_app.models.schedules import KINDS, schedule_problems, timing_problems
 from tasks_app.models.tasks import PRIORITY_MAX, name_validator
 from tasks_app.models.workflows import InvalidWorkflow
@@ -413,3 +420,165 @@ class WorkerSerializer(serializers.ModelSerializer):
     def get_active(self, worker: Worker) -> int:
         """Runs it is executing now."""
         return getattr(worker, "active_runs", 0)
+
+
+# --- alerts --------------------------------------------------------------------------
+
+CHANNELS_MAX = 100  # of one rule: each is told every change of every alert
+
+
+class ChannelSerializer(FieldsSentOnly, serializers.ModelSerializer):
+    secret = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=255,
+        trim_whitespace=False,  # the key as written: the receiver computes the HMAC with it
+        help_text="The HMAC-SHA256 key of a webhook's X-Scheduler-Signature; never shown once written. "
+        "Blank: no signature.",
+    )
+    has_secret = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Channel
+        fields = [
+            "id", *Channel.EDITABLE_FIELDS, "secret", "has_secret", "last_error", "last_error_at",
+            "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["last_error", "last_error_at", "created_at", "updated_at"]
+
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def get_has_secret(self, channel: Channel) -> bool:
+        return bool(channel.secret)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # An edit of neither leaves the target alone: a host since dropped from the
+        # allowlist still lets the channel be renamed or disabled.
+        if "kind" in attrs or "target" in attrs:
+            kind = attrs.get("kind", getattr(self.instance, "kind", ""))
+            target = attrs.get("target", getattr(self.instance, "target", ""))
+            problem = notifications.target_problem(kind, target)
+            if problem:
+                raise serializers.ValidationError({"target": problem})
+        if self.instance is not None and attrs.get("enabled"):
+            # A channel enabled again starts clean: the error that disabled it is history.
+            attrs["last_error"], attrs["last_error_at"] = "", None
+        return attrs
+
+
+class ChannelIds(serializers.ListField):
+    """A rule's channels by id, looked up in one query; their ids in a response."""
+
+    child = serializers.IntegerField(min_value=1, max_value=BIGINT_MAX)
+
+    def to_internal_value(self, data: Any) -> list[Channel]:
+        ids = list(dict.fromkeys(super().to_internal_value(data)))
+        found = Channel.objects.in_bulk(ids)
+        unknown = [str(pk) for pk in ids if pk not in found]
+        if unknown:
+            raise serializers.ValidationError(f"No channel with id {', '.join(unknown)}.")
+        return [found[pk] for pk in ids]
+
+    def to_representation(self, data: Any) -> list[int]:
+        return [channel.pk for channel in data.all()]
+
+
+class AlertRuleSerializer(FieldsSentOnly, serializers.ModelSerializer):
+    task = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Task.objects.all(),
+        required=False,
+        allow_null=True,
+        error_messages={"does_not_exist": "No task named {value!r}."},
+    )
+    workflow = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Workflow.objects.all(),
+        required=False,
+        allow_null=True,
+        error_messages={"does_not_exist": "No workflow named {value!r}."},
+    )
+    channels = ChannelIds(
+        required=False,
+        max_length=CHANNELS_MAX,
+        help_text="The ids of the channels told of each change of the rule's alerts.",
+    )
+
+    class Meta:
+        model = AlertRule
+        fields = ["id", *AlertRule.EDITABLE_FIELDS, "channels", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if self.instance is not None:
+            named = [scope for scope in AlertRule.SCOPES if attrs.get(scope) is not None]
+            if len(named) == 1:
+                # Naming a scope on an existing rule switches the rule to it.
+                attrs.update({scope: None for scope in AlertRule.SCOPES if scope not in attrs})
+            current = {field: getattr(self.instance, field) for field in AlertRule.EDITABLE_FIELDS}
+            attrs_now = {**current, **attrs}
+        else:
+            attrs_now = attrs
+        problems = rule_problems(attrs_now)
+        if problems:
+            raise serializers.ValidationError(problems)
+        return attrs
+
+    def update(self, instance: AlertRule, validated_data: dict[str, Any]) -> AlertRule:
+        # The channels are rows of their own table: not a column FieldsSentOnly could save.
+        channels = validated_data.pop("channels", None)
+        instance = super().update(instance, validated_data)
+        if channels is not None:
+            instance.channels.set(channels)
+        return instance
+
+
+class AlertEventSerializer(serializers.ModelSerializer):
+    event = serializers.ChoiceField(source="kind", choices=AlertEventKind.choices, read_only=True)
+
+    class Meta:
+        model = AlertEvent
+        fields = ["event", "at", "reason"]
+        read_only_fields = fields
+
+
+class NotificationSerializer(serializers.ModelSerializer):
+    channel_name = serializers.CharField(source="channel.name", read_only=True)
+    event = serializers.ChoiceField(source="kind", choices=AlertEventKind.choices, read_only=True)
+
+    class Meta:
+        model = Notification
+        fields = [
+            "id", "channel", "channel_name", "event", "state", "attempts", "last_error", "sent_at",
+            "created_at", "delivery_id",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    rule_name = serializers.CharField(source="rule.name", read_only=True)
+    condition = serializers.ChoiceField(
+        source="rule.condition", choices=AlertCondition.choices, read_only=True
+    )
+    task = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    downtime_seconds = serializers.FloatField(
+        source="downtime", read_only=True, allow_null=True, help_text="Seconds from opening to resolution."
+    )
+    timeline = AlertEventSerializer(source="events", many=True, read_only=True)
+    notifications = NotificationSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Alert
+        fields = [
+            "id", "rule", "rule_name", "condition", "subject", "state", "reason", "resolution", "opened_at",
+            "resolved_at", "downtime_seconds", "run", "task", "schedule", "scheduled_for", "timeline",
+            "notifications",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class ChannelTestSerializer(serializers.Serializer):
+    delivered = serializers.BooleanField()
+    error = serializers.CharField(allow_blank=True, help_text='Why it was not delivered; "" when it was.')
+    notification = NotificationSerializer()
+    channel = ChannelSerializer(help_text="The channel after the test: a permanent error disabled it.")

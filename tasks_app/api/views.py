@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Prefetch, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -20,15 +20,20 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasks_app import controls, definitions, handlers, submission, timing, workflows
+from tasks_app import controls, definitions, handlers, notifications, submission, timing, workflows
 from tasks_app.api.errors import Conflict
-from tasks_app.api.filters import RunFilter, WorkflowRunFilter
+from tasks_app.api.filters import AlertFilter, RunFilter, WorkflowRunFilter
 from tasks_app.api.pagination import OldestFirstCursorPagination
 from tasks_app.api.permissions import requires
 from tasks_app.api.serializers import (
     IDEMPOTENCY_KEY_MAX,
+    AlertRuleSerializer,
+    AlertSerializer,
     BulkSubmitSerializer,
+    ChannelSerializer,
+    ChannelTestSerializer,
     HandlerSerializer,
+    NotificationSerializer,
     RunEventSerializer,
     RunLogSerializer,
     RunSerializer,
@@ -44,8 +49,19 @@ from tasks_app.api.serializers import (
 )
 from tasks_app.api.throttles import SubmitThrottle
 from tasks_app.api.versions import VersionedEdits
-from tasks_app.choices import RunState
-from tasks_app.models import Run, Schedule, Task, Worker, Workflow, WorkflowRun
+from tasks_app.choices import NotificationState, RunState
+from tasks_app.models import (
+    Alert,
+    AlertRule,
+    Channel,
+    Notification,
+    Run,
+    Schedule,
+    Task,
+    Worker,
+    Workflow,
+    WorkflowRun,
+)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -403,3 +419,54 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         running = Run.objects.filter(state=RunState.RUNNING, worker=OuterRef("hostname")).values("worker")
         count = Subquery(running.annotate(n=Count("id")).values("n")[:1], output_field=IntegerField())
         return Worker.objects.annotate(active_runs=Coalesce(count, 0))
+
+
+class ChannelViewSet(VersionedEdits, viewsets.ModelViewSet):
+    """Where alerts go: webhook URLs, Slack incoming webhooks, e-mail addresses."""
+
+    queryset = Channel.objects.all()
+    serializer_class = ChannelSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    action_permissions = {"test": ("change_channel",)}  # a test can disable the channel
+
+    @extend_schema(request=None, responses=ChannelTestSerializer)
+    @action(detail=True, methods=["post"])
+    def test(self, request: Request, pk: str) -> Response:
+        """Send a `test` notification now and say whether it was delivered; a permanent error
+        disables the channel, as any notification's would."""
+        channel = self.get_object()
+        notification = notifications.send_test(channel)  # no transaction held: it waits on the receiver
+        channel.refresh_from_db()
+        delivered = notification.state == NotificationState.SENT
+        return Response(
+            {
+                "delivered": delivered,
+                "error": "" if delivered else notification.last_error,
+                "notification": NotificationSerializer(notification).data,
+                "channel": ChannelSerializer(channel).data,
+            }
+        )
+
+
+class AlertRuleViewSet(VersionedEdits, viewsets.ModelViewSet):
+    """What to watch, and which channels to tell."""
+
+    queryset = AlertRule.objects.all()
+    serializer_class = AlertRuleSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self) -> Any:
+        return AlertRule.objects.select_related("task", "workflow").prefetch_related("channels")
+
+
+class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Alerts opened and resolved, newest first, each with its timeline and notifications."""
+
+    queryset = Alert.objects.all()
+    serializer_class = AlertSerializer
+    filterset_class = AlertFilter
+
+    def get_queryset(self) -> Any:
+        return Alert.objects.select_related("rule", "task").prefetch_related(
+            "events", Prefetch("notifications", queryset=Notification.objects.select_related("channel"))
+        )
