@@ -145,7 +145,9 @@ WSGI_APPLICATION = "scheduler_site.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Searched before the apps: tasks_app's admin/base_site.html then wraps the admin's own
+        # (the admin is installed first, and its app directory would win).
+        "DIRS": [BASE_DIR / "tasks_app" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -196,6 +198,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+# The admin shows every instant to the second (scheduler_site/formats/: Django's English
+# formats stop at the minute, and a scheduler fires by the second).
+FORMAT_MODULE_PATH = ["scheduler_site.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "var" / "static")))
@@ -372,6 +377,14 @@ if EMAIL_USE_TLS and EMAIL_USE_SSL:
     raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on")
 EMAIL_TIMEOUT = ALERT_DELIVERY_TIMEOUT
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "scheduler@localhost")
+
+# --- The console (tasks_app.rollups, the admin's dashboard) and /metrics ---------------
+# How often beat brings the dashboard's rollup of finished runs up to date (s).
+ROLLUP_INTERVAL = env_number("ROLLUP_INTERVAL", 15, minimum=0.1)
+# The scrape key of /metrics, sent as "Authorization: Bearer KEY"; empty: only an API token
+# (or a signed-in session) with view_run reads it.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_KEY_PREFIX = "metrics:"  # the counters and histograms in Redis (tasks_app.metrics)
 
 LOGGING = {
     "version": 1,

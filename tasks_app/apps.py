@@ -44,6 +44,7 @@ class TasksAppConfig(AppConfig):
             execution,
             handlers,
             lifecycle,
+            metrics,
             retention,
             workers,
             workflows,
@@ -54,6 +55,7 @@ class TasksAppConfig(AppConfig):
         lifecycle.subscribe(workflows.advance_finished_steps)
         lifecycle.subscribe(broker.revoke_cancelled)
         lifecycle.subscribe(alerts.on_moves)
+        lifecycle.subscribe(metrics.count_moves)
         # Each process keeps the enabled rules a second; a change of one, in any process, is
         # seen by the next evaluation of a run's end (alerts.rules_by_condition).
         for signal in (post_save, post_delete, m2m_changed):

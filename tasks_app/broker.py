@@ -92,13 +92,26 @@ def _send(app: Any, producer: Any, run: Run) -> None:
     )
 
 
+# A queue's length is asked for by pages and scrapes: a broker that takes the connection and never
+# answers must not hang them (kombu sets no socket timeout of its own).
+LENGTH_TIMEOUT = 1.0
+
+
 def queue_length(queue: str) -> int:
-    """Messages waiting in `queue`, every priority counted, as the broker reports them."""
-    with current_app.connection_for_read() as connection:
+    """Messages waiting in `queue`, every priority counted, as the broker reports them; raises
+    if it does not answer within LENGTH_TIMEOUT."""
+    timeouts = {"socket_timeout": LENGTH_TIMEOUT, "socket_connect_timeout": LENGTH_TIMEOUT}
+    with current_app.connection_for_read(transport_options=timeouts) as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
         # Not passive: kombu's Redis transport checks a passive declare against unprefixed
         # keys (EXISTS is not among the commands it prefixes), so it finds no queue at all.
         declared = connection.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False)
         return declared.message_count
+
+
+def queue_lengths(queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each of `queues`; raises if the broker does not answer."""
+    return {queue: queue_length(queue) for queue in sorted(queues)}
 
 
 def revoke(message_id: str, *, terminate: bool) -> None:

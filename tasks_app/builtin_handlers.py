@@ -37,6 +37,7 @@ def sleep(ctx: RunContext, seconds: float = 1) -> dict[str, Any]:
         remaining = round(remaining - step, 6)
         ctx.checkpoint({"remaining": remaining})
         ctx.progress((seconds - remaining) / seconds if seconds else 1.0, f"{remaining:.1f}s left")
+        ctx.logger.info("slept %.1fs of %.1fs", seconds - remaining, seconds)
     return {"slept": seconds}
 
 

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import hmac
+import json
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.db import connection
-from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from rest_framework.decorators import api_view, permission_classes, renderer_classes
-from rest_framework.renderers import BaseRenderer
+from rest_framework.authentication import (
+    BaseAuthentication,
+    SessionAuthentication,
+    TokenAuthentication,
+    get_authorization_header,
+)
+from rest_framework.decorators import (
+    api_view,
+    authentication_classes,
+    permission_classes,
+    renderer_classes,
+)
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.permissions import BasePermission
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 
+from tasks_app import metrics as platform_metrics
 from tasks_app import redis_client
 from tasks_app.api.permissions import requires
-from tasks_app.models import Run
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -46,15 +61,37 @@ def _check_broker() -> str:
         return f"error: {type(exc).__name__}"
 
 
-class RunsCollector:
-    """Run counts by task and state, read from the database at scrape time."""
+class ScrapeKey:
+    """The `request.auth` of a scrape authenticated by METRICS_TOKEN: it reads /metrics only."""
+
+
+class ScrapeKeyAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <METRICS_TOKEN>`, for a Prometheus that holds no user's token. A
+    bearer that is not the key (or any bearer while no key is set) is refused, a 401."""
+
+    def authenticate(self, request: Request) -> tuple[AnonymousUser, ScrapeKey] | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != b"bearer":
+            return None
+        key = settings.METRICS_TOKEN.encode()
+        if len(parts) != 2 or not key or not hmac.compare_digest(parts[1], key):
+            raise AuthenticationFailed("Invalid scrape key.")
+        return AnonymousUser(), ScrapeKey()
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Bearer"
+
+
+class HasScrapeKey(BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return isinstance(request.auth, ScrapeKey)
+
+
+class Collector:
+    """The platform's metrics (tasks_app.metrics), for one scrape."""
 
     def collect(self) -> Any:
-        runs = GaugeMetricFamily("scheduler_runs", "Runs by task and state", labels=["task", "state"])
-        rows = Run.objects.values_list("task__name", "state").annotate(n=Count("id")).order_by()
-        for task, state, count in rows:
-            runs.add_metric([task, state], count)
-        yield runs
+        return platform_metrics.collect()
 
 
 class PrometheusRenderer(BaseRenderer):
@@ -63,14 +100,17 @@ class PrometheusRenderer(BaseRenderer):
     charset = "utf-8"
 
     def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> Any:
-        return data if isinstance(data, (bytes, str)) else str(data)
+        # Only a refusal comes here ({"detail": ...}), from a client that asked for text: JSON still.
+        return data if isinstance(data, (bytes, str)) else json.dumps(data)
 
 
 @extend_schema(exclude=True)
 @api_view(["GET"])
-@permission_classes([requires("view_run")])
-@renderer_classes([PrometheusRenderer])
+# Token first: a request without credentials is a 401 that names it (as the API's).
+@authentication_classes([TokenAuthentication, ScrapeKeyAuthentication, SessionAuthentication])
+@permission_classes([HasScrapeKey | requires("view_run")])
+@renderer_classes([JSONRenderer, PrometheusRenderer])  # JSON for a refusal, unless text is asked for
 def metrics(request: Request) -> HttpResponse:
     registry = CollectorRegistry()
-    registry.register(RunsCollector())
+    registry.register(Collector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

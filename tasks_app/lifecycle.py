@@ -108,11 +108,14 @@ class InvalidTransition(Exception):
 
 @dataclass(frozen=True)
 class Move:
-    """A run or workflow run that moved; `source` is "" for one born in its state."""
+    """A run or workflow run that moved; `source` is "" for one born in its state. `since` is
+    when it had entered `source`, where the mover knew (metrics measure queue waits and
+    attempts by it); None otherwise."""
 
     subject: Run | WorkflowRun
     source: str
     target: str
+    since: dt.datetime | None = None
 
     @property
     def is_run(self) -> bool:
@@ -229,7 +232,7 @@ def move(
         **changes,
         **move_fields(target, at=at or timezone.now(), reason=reason, actor=actor, actor_name=actor_name),
     }
-    current = run.state
+    current, entered_at = run.state, run.state_changed_at
     for _attempt in range(5):
         if current not in allowed:
             raise InvalidTransition(run.pk, current, target)
@@ -253,9 +256,10 @@ def move(
             raise InvalidTransition(run.pk, current, target, "superseded")
     else:
         raise InvalidTransition(run.pk, current, target, "the run keeps changing")
+    since = entered_at if current == run.state else None  # unknown if another move came between
     for field, value in fields.items():
         setattr(run, field, value)
-    _announce([Move(run, current, target)])
+    _announce([Move(run, current, target, since)])
     return RunState(current)
 
 

@@ -1,5 +1,6 @@
-"""Pruning old history: finished runs, their events and logs, finished workflow runs, and
-resolved alerts with their events and notifications (and old channel tests).
+"""Pruning old history: finished runs, their events and logs, finished workflow runs,
+resolved alerts with their events and notifications (and old channel tests), and the metrics'
+series of workers, tasks and schedules that are gone.
 
 A built-in beat entry (CELERY_BEAT_SCHEDULE, "prune old runs") sends `tasks_app.prune`
 daily. Rows go in batches of short DELETEs, so the tables are never locked for long.
@@ -10,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+import redis
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from tasks_app import metrics
 from tasks_app.choices import TERMINAL_STATES, AlertState
 from tasks_app.models import Alert, Notification, Run, RunEvent, RunLog, WorkflowRun, WorkflowRunEvent
 
@@ -50,6 +53,10 @@ def prune(now: dt.datetime | None = None, batch: int = 1000) -> int:
     if deleted:
         logger.info("pruned %d run(s) finished before %s", deleted, cutoff.isoformat())
     _prune_alerts(cutoff, batch)
+    try:
+        metrics.forget_gone(now)
+    except redis.RedisError as exc:  # the metrics' Redis away: their series wait for tomorrow
+        logger.warning("could not drop the metrics of gone workers, tasks and schedules: %s", exc)
     return deleted
 
 

@@ -30,8 +30,10 @@ from tasks_app import (
     broker,
     concurrency,
     lifecycle,
+    metrics,
     notifications,
     recovery,
+    rollups,
     submission,
     timing,
     workflows,
@@ -52,6 +54,8 @@ class PlatformScheduler(DatabaseScheduler):
     _locks_extended_at = 0.0
     _swept_at = 0.0
     _alerts_swept_at = 0.0
+    _rolled_up_at = 0.0
+    _marked_alive_at = 0.0
     _database_failed_at = float("-inf")
 
     def setup_schedule(self) -> None:
@@ -97,6 +101,8 @@ class PlatformScheduler(DatabaseScheduler):
             # After recovery: a lost worker's runs have failed, and its heartbeats are judged.
             self._every("_alerts_swept_at", settings.ALERT_SWEEP_INTERVAL, alerts.sweep)
         self._every("_locks_extended_at", settings.CONCURRENCY_LOCK_TTL / 3, concurrency.extend_active)
+        self._every("_rolled_up_at", settings.ROLLUP_INTERVAL, rollups.refresh)  # the dashboard's counts
+        self._every("_marked_alive_at", metrics.BEAT_MARK_INTERVAL, metrics.mark_beat_alive)  # beats alive
         return busy
 
     def _every(self, clock: str, seconds: float, *jobs: Any) -> None:
@@ -200,6 +206,7 @@ def fire_due(now: dt.datetime | None = None, limit: int = BATCH) -> int:
         Schedule.objects.bulk_update(due, ["next_fire_at", "last_fired_at", "missed_fires", "invalid_reason"])
         if missed:  # in this transaction: the late alerts' notifications commit with the fires
             alerts.schedules_missed(missed, now=now)
+            metrics.count_misfires(missed)  # counted once the fires commit
         fired = {(r.schedule.pk, r.scheduled_for) for r in requests}
         if fired:
             done = set(

@@ -22,6 +22,7 @@ from tasks_app.choices import Actor, ConcurrencyPolicy, RunState, RunTrigger
 from tasks_app.models import Run, Schedule, Task
 
 S = RunState
+IDEMPOTENCY_KEY_MAX = 255
 
 
 class TaskDisabled(Exception):
@@ -36,6 +37,24 @@ def ensure_enabled(task: Task, where: str = "") -> None:
     """A disabled task runs nothing: refuse its run before anything is recorded."""
     if not task.enabled:
         raise TaskDisabled(task, where)
+
+
+class InvalidKey(ValueError):
+    """An idempotency key the submission rules refuse (a 400)."""
+
+
+def clean_idempotency_key(key: str | None) -> str | None:
+    """A key as the client wrote it: one line of printable text, at most 255 characters,
+    its surrounding blanks dropped; None for no key (a blank one included). The rule of
+    POST /runs/ and of the admin's run forms alike."""
+    if key is None:
+        return None
+    key = key.strip()
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise InvalidKey(f"At most {IDEMPOTENCY_KEY_MAX} characters.")
+    if not key.isprintable():
+        raise InvalidKey("Must not hold control characters.")
+    return key or None
 
 
 class IdempotencyConflict(Exception):

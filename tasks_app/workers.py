@@ -19,7 +19,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from tasks_app import handlers
-from tasks_app.models import Worker
+from tasks_app.models import Task, Worker
 
 logger = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -110,3 +110,10 @@ def online_serving(queue: str, handler: str, online: list[Worker] | None = None)
 def online_workers(now: dt.datetime | None = None) -> Any:
     """The workers online at `now` (a QuerySet)."""
     return Worker.objects.filter(stopped_at__isnull=True, last_heartbeat__gt=Worker.online_since(now))
+
+
+def known_queues(online: list[Worker]) -> set[str]:
+    """The queues that matter now: those tasks name, and those the `online` workers take."""
+    queues = set(Task.objects.values_list("queue", flat=True).distinct())
+    queues.update(queue for worker in online for queue in worker.queues)
+    return queues

@@ -217,6 +217,18 @@ def cancel(workflow_run: WorkflowRun, *, by: str = "") -> None:
 def retry(workflow_run: WorkflowRun, *, by: str = "") -> None:
     """A new attempt of each failed or cancelled step, once its upstream steps allow it, and
     the skipped steps back to created; completed steps keep their results."""
+    _retry(workflow_run, by=by)
+
+
+def retry_from(workflow_run: WorkflowRun, key: str, *, by: str = "") -> None:
+    """retry() of one failed or cancelled step and of the steps downstream of it: the others
+    keep their outcome (a failed one elsewhere fails the workflow run again once the retried
+    steps finish). Refused, as retry() is, unless the workflow run is failed or cancelled, and
+    when the step's upstream steps, which are not run again, would have it skipped."""
+    _retry(workflow_run, by=by, from_step=key)
+
+
+def _retry(workflow_run: WorkflowRun, *, by: str, from_step: str | None = None) -> None:
     with transaction.atomic():
         locked = WorkflowRun.objects.select_for_update().get(pk=workflow_run.pk)
         if locked.state not in (W.FAILED, W.CANCELLED):
@@ -225,7 +237,9 @@ def retry(workflow_run: WorkflowRun, *, by: str = "") -> None:
                 locked.state,
             )
         runs = latest_runs(locked.pk)
-        again = steps_to_retry(locked)
+        if from_step is not None:
+            _check_retry_from(locked, runs, from_step)
+        again = _to_retry(locked, runs, from_step)
         for key in sorted(again):
             if runs[key].state == S.SKIPPED:
                 lifecycle.move(runs[key], S.CREATED, reason="retried with its workflow run", actor=Actor.USER,
@@ -233,10 +247,11 @@ def retry(workflow_run: WorkflowRun, *, by: str = "") -> None:
         awaiting = sorted(key for key in again if runs[key].state in (S.FAILED, S.CANCELLED))
         WorkflowRun.objects.filter(pk=locked.pk).update(awaiting_retry=awaiting)
         locked.awaiting_retry = awaiting
+        origin = f" from {from_step}" if from_step is not None else ""
         lifecycle.move_workflow_run(
             locked,
             W.RUNNING,
-            reason=f"retried: {', '.join(sorted(again))}"[:500],
+            reason=f"retried{origin}: {', '.join(sorted(again))}"[:500],
             actor=Actor.USER,
             actor_name=by,
         )
@@ -244,11 +259,56 @@ def retry(workflow_run: WorkflowRun, *, by: str = "") -> None:
     workflow_run.refresh_from_db()
 
 
-def steps_to_retry(workflow_run: WorkflowRun) -> set[str]:
-    """The keys of the steps a retry runs again: the failed, cancelled and skipped ones.
-    (A skipped step always has one of them upstream; completed steps are never run again.)"""
-    states = {run.step: run.state for run in latest_runs(workflow_run.pk).values()}
-    return {key for key, state in states.items() if state in (S.FAILED, S.CANCELLED, S.SKIPPED)}
+def _check_retry_from(workflow_run: WorkflowRun, runs: dict[str, Run], key: str) -> None:
+    step = next((s for s in workflow_run.steps if s["key"] == key), None)
+    if step is None or key not in runs:
+        raise InvalidWorkflow(f"Workflow run {workflow_run.pk} has no step {key!r}.", field="step")
+    state = runs[key].state
+    if state not in (S.FAILED, S.CANCELLED):
+        raise WorkflowConflict(
+            f"Step {key} of workflow run {workflow_run.pk} is {state}: only a failed or cancelled step "
+            "can be retried from.",
+            state,
+        )
+    # Its upstream steps are not run again (none is downstream of it): if what they ended as
+    # fails its trigger rule, the retry would run nothing.
+    upstream = [runs[up].state for up in step["depends_on"]]
+    if verdict(step["trigger_rule"], upstream) == SKIP:
+        said = ", ".join(f"{up} {runs[up].state}" for up in step["depends_on"])
+        raise WorkflowConflict(
+            f"Step {key} of workflow run {workflow_run.pk} would be skipped again ({step['trigger_rule']} "
+            f"not met: {said}): retry from an upstream step, or the whole workflow run.",
+            workflow_run.state,
+        )
+
+
+def steps_to_retry(workflow_run: WorkflowRun, from_step: str | None = None) -> set[str]:
+    """The keys of the steps a retry runs again: the failed, cancelled and skipped ones, and
+    with `from_step` only that step and those of them downstream of it. (A skipped step always
+    has one of them upstream; completed steps are never run again.)"""
+    return _to_retry(workflow_run, latest_runs(workflow_run.pk), from_step)
+
+
+def _to_retry(workflow_run: WorkflowRun, runs: dict[str, Run], from_step: str | None) -> set[str]:
+    again = {key for key, run in runs.items() if run.state in (S.FAILED, S.CANCELLED, S.SKIPPED)}
+    if from_step is None:
+        return again
+    return again & downstream(workflow_run.steps, from_step)
+
+
+def downstream(steps: list[dict[str, Any]], key: str) -> set[str]:
+    """`key` and every step that depends on it, directly or not."""
+    below: dict[str, list[str]] = {}
+    for step in steps:
+        for up in step["depends_on"]:
+            below.setdefault(up, []).append(step["key"])
+    found, todo = {key}, [key]
+    while todo:
+        for child in below.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def upstream_results(run: Run) -> dict[str, Any]:

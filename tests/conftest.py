@@ -10,6 +10,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
+from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -48,6 +49,14 @@ def _alert_rules_read_afresh() -> None:
     alerts.reset_rules()
 
 
+@pytest.fixture(autouse=True)
+def _metrics_not_paused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test inherits the pause of metrics' writes that another test's Redis outage began."""
+    from tasks_app import metrics
+
+    monkeypatch.setattr(metrics, "_paused_until", 0.0)
+
+
 @pytest.fixture
 def broker() -> redis.Redis:
     """The test Redis database, emptied before and after the test."""
@@ -75,6 +84,27 @@ def queued_messages(client: redis.Redis, queue: str = "default") -> list[dict[st
 
 def queued_ids(client: redis.Redis, queue: str = "default") -> list[str]:
     return [message["headers"]["id"] for message in queued_messages(client, queue)]
+
+
+@pytest.fixture
+def admin_client(client: Client, db: Any) -> Client:
+    """Signed in to the admin as a superuser ("boss")."""
+    client.force_login(User.objects.create_superuser("boss", password="pw"))
+    return client
+
+
+@pytest.fixture
+def staff_with(client: Client, db: Any) -> Callable[..., Client]:
+    """Signs in to the admin a staff user with just the permissions named (a new one each call)."""
+    counter = iter(range(1, 1000))
+
+    def make(*codenames: str) -> Client:
+        user = User.objects.create_user(f"staff-{next(counter)}", password="pw", is_staff=True)
+        user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+        client.force_login(user)
+        return client
+
+    return make
 
 
 @pytest.fixture

@@ -13,13 +13,6 @@ from tasks_app.models import Run, RunEvent, RunLog, Schedule, Task, Workflow
 T = "2026-01-01T00:00:00Z"
 
 
-@pytest.fixture
-def admin_client(client, db):
-    user = User.objects.create_superuser("boss", password="pw")
-    client.force_login(user)
-    return client
-
-
 def test_task_and_run_pages_render(admin_client, task, make_run) -> None:
     run = make_run(task, RunState.FAILED, error={"type": "ValueError", "message": "m", "traceback": "tb"})
     RunEvent.objects.create(run=run, from_state="running", to_state="failed", reason="ValueError")
@@ -226,20 +219,6 @@ def test_a_schedule_set_aside_by_the_scheduler_shows_why_and_its_pages_render(ad
         response = admin_client.get(url)
         assert response.status_code == 200, url
         assert "unknown time zone" in response.content.decode(), url
-
-
-@pytest.fixture
-def staff_with(client, db):
-    """A staff user signed in to the admin with just the permissions named."""
-    from django.contrib.auth.models import Permission
-
-    def make(*codenames: str):
-        user = User.objects.create_user("staff", password="pw", is_staff=True)
-        user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-        client.force_login(user)
-        return client
-
-    return make
 
 
 ALL_BUT_ADD_RUN = [

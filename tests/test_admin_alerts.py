@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
@@ -33,27 +33,6 @@ def receiver(receiver: Receiver, settings: Any) -> Receiver:
 @pytest.fixture
 def allowed(settings: Any) -> None:
     settings.BUILTIN_HTTP_ALLOWED_HOSTS = ["hooks.example"]
-
-
-@pytest.fixture
-def admin_client(client: Client, db: Any) -> Client:
-    client.force_login(User.objects.create_superuser("boss", password="pw"))
-    return client
-
-
-@pytest.fixture
-def staff_with(client: Client, db: Any) -> Any:
-    """A staff user signed in to the admin with just the permissions named."""
-
-    counter = iter(range(1, 100))
-
-    def make(*codenames: str) -> Client:
-        user = User.objects.create_user(f"staff-{next(counter)}", password="pw", is_staff=True)
-        user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-        client.force_login(user)
-        return client
-
-    return make
 
 
 def _values(client: Client, url: str) -> dict[str, str]:

@@ -126,12 +126,12 @@ def test_submission_while_redis_is_unreachable_is_a_503_and_writes_nothing(api, 
     assert not Run.objects.exists()
 
 
-def test_metrics_count_runs_by_task_and_state(reader, task, make_run) -> None:
-    make_run(task, RunState.FAILED)
-    make_run(task, RunState.FAILED)
+def test_metrics_are_prometheus_text_for_a_user_with_view_run(reader, task, make_run) -> None:
+    make_run(task, RunState.RUNNING, worker="w1@host")
     response = reader.get("/metrics")
     assert response.status_code == 200
-    assert 'scheduler_runs{state="failed",task="noop"} 2.0' in response.content.decode()
+    assert response["Content-Type"].startswith("text/plain; version=")
+    assert 'celery_worker_tasks_active{hostname="w1@host"} 1.0' in response.content.decode()
 
 
 def test_metrics_need_a_signed_in_user(anonymous) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 
 import pytest
@@ -291,6 +292,23 @@ def test_births_are_heard_with_no_source(task, heard, django_capture_on_commit_c
             workflow=Workflow.objects.create(name="w"), at=timezone.now(), actor="user"
         )
     assert heard == [("run", "", S.CREATED), ("run", "", S.PENDING), ("workflow run", "", W.RUNNING)]
+
+
+def test_a_move_says_since_when_the_run_was_in_the_state_it_left(
+    make_run, task, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    sent_at = timezone.now() - dt.timedelta(seconds=7)
+    run = make_run(task, S.PENDING, state_changed_at=sent_at)
+    stale = Run.objects.get(pk=run.pk)  # another process's copy, from before the claim
+    batches: list[list[lifecycle.Move]] = []
+    monkeypatch.setattr(lifecycle, "_subscribers", [batches.append])
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.move(run, S.RUNNING, reason="claimed")
+        lifecycle.move(stale, S.CANCELLED, reason="cancelled")  # found it running: moved meanwhile
+
+    [claimed], [cancelled] = batches
+    assert claimed.since == sent_at  # what the queue wait is measured from
+    assert (cancelled.source, cancelled.since) == (S.RUNNING, None)  # it never saw the claim's time
 
 
 def test_a_failing_subscriber_stops_neither_the_move_nor_the_others(

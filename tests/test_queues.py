@@ -56,7 +56,7 @@ def test_broker_cache_and_locks_keep_their_keys_under_their_own_prefixes(
         assert api.post("/api/v1/runs/", {"task": "gated", "priority": 0}, format="json").status_code == 201
 
     keys = sorted(key.decode() for key in broker.keys("*"))
-    prefixes = (settings.BROKER_KEY_PREFIX, settings.LOCK_KEY_PREFIX, "cache:")
+    prefixes = (settings.BROKER_KEY_PREFIX, settings.LOCK_KEY_PREFIX, settings.METRICS_KEY_PREFIX, "cache:")
     assert keys, "the submissions wrote nothing to Redis"
     assert [key for key in keys if not key.startswith(prefixes)] == []
     assert any(key.startswith(settings.LOCK_KEY_PREFIX) for key in keys)  # the task's lock

@@ -317,3 +317,115 @@ def test_a_workflow_run_whose_advance_was_lost_is_advanced_by_the_sweep(
     assert states(busy)["A"] == S.PENDING
     sent = workflows.latest_runs(stalled.pk)
     assert {sent["B"].message_id, sent["C"].message_id} <= set(queued_ids(broker))
+
+
+# --- retry from one step ------------------------------------------------------------
+
+
+@pytest.fixture
+def two_branches(make_task, run_step, broker, django_capture_on_commit_callbacks):
+    """A, then B -> D and C -> E; B and C fail, so D and E are skipped: the workflow run failed."""
+    make_task(name="ok", handler="builtin.noop")
+    make_task(name="boom", handler="tests.explode")
+    steps = [step("A"), step("B", ["A"], task="boom"), step("C", ["A"], task="boom"), step("D", ["B"]),
+             step("E", ["C"])]  # fmt: skip
+    workflow = Workflow.objects.create(name="branches", steps=check_steps(steps, TASKS))
+    workflow_run = start(workflow, django_capture_on_commit_callbacks)
+    for key in "ABC":
+        run_step(workflow_run, key)
+    workflow_run.refresh_from_db()
+    assert workflow_run.state == "failed"
+    assert states(workflow_run) == {"A": S.COMPLETED, "B": S.FAILED, "C": S.FAILED, "D": S.SKIPPED,
+                                    "E": S.SKIPPED}  # fmt: skip
+    return workflow_run
+
+
+def test_retry_from_a_step_runs_it_and_its_downstream_steps_only(
+    two_branches, run_step, django_capture_on_commit_callbacks
+) -> None:
+    from tasks_app.models import Task
+
+    workflow_run = two_branches
+    before = workflows.latest_runs(workflow_run.pk)
+    assert workflows.steps_to_retry(workflow_run, from_step="B") == {"B", "D"}
+    Task.objects.filter(name="boom").update(handler="builtin.noop")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        workflows.retry_from(workflow_run, "B", by="tester")
+
+    assert workflow_run.state == "running"
+    assert states(workflow_run) == {"A": S.COMPLETED, "B": S.PENDING, "C": S.FAILED, "D": S.CREATED,
+                                    "E": S.SKIPPED}  # fmt: skip
+    after = workflows.latest_runs(workflow_run.pk)
+    assert after["B"].pk == before["B"].pk and after["B"].message_number == 2  # a new attempt
+    assert after["C"].events.count() == before["C"].events.count()  # untouched
+    assert workflow_run.events.order_by("id").last().reason == "retried from B: B, D"
+    run_step(workflow_run, "B")
+    run_step(workflow_run, "D")
+
+    workflow_run.refresh_from_db()
+    assert workflow_run.state == "failed"  # C still did not complete
+    assert workflow_run.events.order_by("id").last().reason == "every step finished; C did not complete"
+    assert states(workflow_run)["D"] == S.COMPLETED
+
+
+def test_retry_from_a_step_leaves_its_completed_downstream_steps_alone(
+    make_task, run_step, broker, django_capture_on_commit_callbacks
+) -> None:
+    from tasks_app.models import Task
+
+    make_task(name="boom", handler="tests.explode")
+    make_task(name="ok", handler="builtin.noop")
+    steps = [step("A", task="boom"), step("B", ["A"], rule="all_done")]
+    workflow = Workflow.objects.create(name="chain", steps=check_steps(steps, TASKS))
+    workflow_run = start(workflow, django_capture_on_commit_callbacks)
+    run_step(workflow_run, "A")
+    b = run_step(workflow_run, "B")  # all_done: it ran after A failed
+    Task.objects.filter(name="boom").update(handler="builtin.noop")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        workflows.retry_from(workflow_run, "A", by="tester")
+    assert states(workflow_run) == {"A": S.PENDING, "B": S.COMPLETED}
+    run_step(workflow_run, "A")
+
+    workflow_run.refresh_from_db()
+    assert workflow_run.state == "completed"
+    assert workflows.latest_runs(workflow_run.pk)["B"].result == b.result
+
+
+def test_retry_from_is_refused_as_retry_is_and_changes_nothing(
+    two_branches, django_capture_on_commit_callbacks
+) -> None:
+    from tasks_app.models import RunEvent
+
+    workflow_run = two_branches
+    moves = RunEvent.objects.filter(run__workflow_run=workflow_run).count()
+
+    with pytest.raises(workflows.WorkflowConflict, match=r"Step A of workflow run \d+ is completed"):
+        workflows.retry_from(workflow_run, "A")
+    with pytest.raises(InvalidWorkflow, match="has no step 'Z'"):
+        workflows.retry_from(workflow_run, "Z")
+    running = start(workflow_run.workflow, django_capture_on_commit_callbacks)
+    with pytest.raises(workflows.WorkflowConflict, match="is running: only a failed or cancelled one"):
+        workflows.retry_from(running, "B")
+
+    workflow_run.refresh_from_db()
+    assert (workflow_run.state, workflow_run.awaiting_retry) == ("failed", [])
+    assert RunEvent.objects.filter(run__workflow_run=workflow_run).count() == moves
+
+
+def test_retry_from_a_step_whose_upstream_would_skip_it_again_is_refused(
+    diamond, django_capture_on_commit_callbacks
+) -> None:
+    workflow_run = start(diamond(), django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        workflows.cancel(workflow_run, by="tester")
+    assert states(workflow_run)["B"] == S.CANCELLED
+
+    with pytest.raises(workflows.WorkflowConflict) as refused:
+        workflows.retry_from(workflow_run, "B")
+
+    assert "would be skipped again (all_success not met: A cancelled)" in str(refused.value)
+    workflow_run.refresh_from_db()
+    assert (workflow_run.state, workflow_run.awaiting_retry) == ("cancelled", [])
+    assert states(workflow_run)["B"] == S.CANCELLED

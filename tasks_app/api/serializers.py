@@ -32,10 +32,10 @@ from tasks_app.models.alerts import rule_problems
 from tasks_app.models.schedules import KINDS, schedule_problems, timing_problems
 from tasks_app.models.tasks import PRIORITY_MAX, name_validator
 from tasks_app.models.workflows import InvalidWorkflow
-from tasks_app.submission import RunRequest
+from tasks_app.submission import IDEMPOTENCY_KEY_MAX as IDEMPOTENCY_KEY_MAX  # views.py reads it here
+from tasks_app.submission import InvalidKey, RunRequest, clean_idempotency_key
 
 BULK_MAX = 1000
-IDEMPOTENCY_KEY_MAX = 255
 
 
 class StoredList(serializers.ListField):
@@ -176,16 +176,6 @@ def task_by_name() -> serializers.SlugRelatedField:
     )
 
 
-def check_idempotency_key(key: str) -> str:
-    """A key as the client wrote it: one line of printable text, at most 255 characters."""
-    key = key.strip()
-    if len(key) > IDEMPOTENCY_KEY_MAX:
-        raise serializers.ValidationError(f"At most {IDEMPOTENCY_KEY_MAX} characters.")
-    if not key.isprintable():
-        raise serializers.ValidationError("Must not hold control characters.")
-    return key
-
-
 class RunSubmitSerializer(serializers.Serializer):
     task = task_by_name()
     args = serializers.ListField(required=False, allow_null=True, default=None)
@@ -204,9 +194,10 @@ class RunSubmitSerializer(serializers.Serializer):
     )
 
     def validate_idempotency_key(self, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return check_idempotency_key(value) or None  # blank: no key
+        try:
+            return clean_idempotency_key(value)  # the admin's run forms check it so too
+        except InvalidKey as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
     def to_request(self) -> RunRequest:
         return request_of(self.validated_data)
@@ -303,9 +294,15 @@ class ScheduleSerializer(FieldsSentOnly, serializers.ModelSerializer):
             return []
 
 
+PREVIEW_MAX = 50  # next fire times one preview lists (the admin's editor shows 10)
+
+
 class SchedulePreviewSerializer(serializers.Serializer):
     cron = serializers.CharField(max_length=200)
     timezone = serializers.CharField(default="UTC", max_length=64)
+    count = serializers.IntegerField(
+        default=5, min_value=1, max_value=PREVIEW_MAX, help_text="How many next fire times to list."
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         problems = timing_problems(attrs)
@@ -560,7 +557,7 @@ class AlertSerializer(serializers.ModelSerializer):
     condition = serializers.ChoiceField(
         source="rule.condition", choices=AlertCondition.choices, read_only=True
     )
-    task = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    task = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)  # SET_NULL
     downtime_seconds = serializers.FloatField(
         source="downtime", read_only=True, allow_null=True, help_text="Seconds from opening to resolution."
     )

@@ -336,7 +336,7 @@ class ScheduleViewSet(VersionedEdits, viewsets.ModelViewSet):
         preview.is_valid(raise_exception=True)
         timer = preview.validated_data["timer"]
         fires, current = [], timezone.now()
-        for _ in range(5):
+        for _ in range(preview.validated_data["count"]):
             current = timer.next_after(current)
             fires.append(current.astimezone(timer.tz).isoformat())  # with the zone's offset, as reads
         return Response({"description": timing.describe(preview.validated_data["cron"]), "next_runs": fires})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tasks_app.choices import ConcurrencyPolicy, MisfirePolicy, TriggerRule, WorkflowState
 from tasks_app.models.alerts import Alert, AlertEvent, AlertRule, Channel, Notification
+from tasks_app.models.rollups import RollupProgress, RunRollup
 from tasks_app.models.runs import Run, RunEvent, RunLog
 from tasks_app.models.schedules import Schedule
 from tasks_app.models.tasks import Task
@@ -21,9 +22,11 @@ __all__ = [
     "ConcurrencyPolicy",
     "MisfirePolicy",
     "Notification",
+    "RollupProgress",
     "Run",
     "RunEvent",
     "RunLog",
+    "RunRollup",
     "Schedule",
     "Task",
     "TriggerRule",

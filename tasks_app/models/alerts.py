@@ -287,4 +287,4 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.kind} to {self.channel_id} ({self.state})"
+        return f"{self.kind} to {self.channel.name} ({self.state})"

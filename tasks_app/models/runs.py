@@ -97,10 +97,12 @@ class Run(models.Model):
             models.Index(fields=["workflow_run", "step"], name="run_workflow_step"),
             # GET /runs/?created_after=...: newest-first lists bounded by date.
             models.Index(fields=["created_at"], name="run_created_at"),
+            # rollups.refresh(): the runs that finished in a bucket; retention.prune().
+            models.Index(fields=["finished_at"], name="run_finished_at"),
         ]
 
     def __str__(self) -> str:
-        return f"run {self.pk} of {self.task_id} ({self.state})"
+        return f"run {self.pk} of {self.task.name} ({self.state})"
 
     @property
     def message_id(self) -> str:

@@ -132,7 +132,7 @@ class WorkflowRun(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"workflow run {self.pk} of {self.workflow_id} ({self.state})"
+        return f"workflow run {self.pk} of {self.workflow.name} ({self.state})"
 
 
 class WorkflowRunEvent(Event):
