@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, ROOT, ensure_database, platform_env, write_results
+from bench.common import RESULTS, ROOT, ensure_database, platform_env, run_columns, write_results
 from bench.scheduler import percentile
 
 HOST = "bench@host"
@@ -323,17 +323,7 @@ def insert_runs_sql(task: Any, schedule_ids: list[int], runs: int, now: dt.datet
         ),
         "state_reason": ("'bench'", []),
     }
-    columns, values, params = [], [], []
-    for field in Run._meta.concrete_fields:
-        if field.primary_key:
-            continue
-        columns.append(connection.ops.quote_name(field.column))
-        if field.name in given:
-            sql, extra = given[field.name]
-        else:  # the model's default, as the ORM would write it
-            sql, extra = "%s", [field.get_db_prep_save(field.get_default(), connection)]
-        values.append(sql)
-        params += extra
+    columns, values, params = run_columns(given)
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {Run._meta.db_table} ({', '.join(columns)}) SELECT {', '.join(values)} "

@@ -53,6 +53,28 @@ def ensure_database(url: str = DB_URL) -> None:
         conn.close()
 
 
+def run_columns(given: dict[str, tuple[str, list[Any]]]) -> tuple[list[str], list[str], list[Any]]:
+    """The runs table's columns, the SQL of each value and their parameters, for an
+    INSERT ... SELECT: `given` (field name -> (SQL, params)) where it says, else the model's
+    default as the ORM would write it."""
+    from django.db import connection
+
+    from tasks_app.models import Run
+
+    columns, values, params = [], [], []
+    for field in Run._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(field.column))
+        if field.name in given:
+            sql, extra = given[field.name]
+        else:
+            sql, extra = "%s", [field.get_db_prep_save(field.get_default(), connection)]
+        values.append(sql)
+        params += extra
+    return columns, values, params
+
+
 def write_results(path: str, figures: dict[str, Any], shown: dict[str, Any]) -> None:
     """Write a benchmark's figures as JSON and print the headline ones."""
     out = Path(path)
