@@ -2,27 +2,30 @@
 
 Counters and histograms only grow, and every process (web, workers, beats, on any host) adds
 to the same ones: each lives in a Redis hash under METRICS_KEY_PREFIX, one field per set of
-label values, incremented by `count_moves` (lifecycle's subscriber) in one pipeline per batch
-of moves, and by beat for misfires. `/metrics` (tasks_app.health) reads them with the gauges of
-`collect()`. Names and labels are celery-exporter's where the meaning is the same, so its
-dashboards and alerts work on them; the platform's own start with `scheduler_`.
-docs/metrics.md lists every metric and where it is counted.
+label values. `count_moves` (lifecycle's subscriber), and beat for misfires, count into the
+process's tally, which `flush()` writes in one pipeline every FLUSH_INTERVAL seconds.
+`/metrics` (tasks_app.health) reads them with the gauges of `collect()`. Names and labels are
+celery-exporter's where the meaning is the same, so its dashboards and alerts work on them;
+the platform's own start with `scheduler_`. docs/metrics.md lists every metric and where it is
+counted.
 
 Queue waits and attempts' run times are measured from `Move.since`, when the run entered the
 state it leaves, as the process that moved it knew it (the worker's claim, its completion).
 
-A Redis that fails or hangs costs a move at most one short timeout: the metrics are then not
-written for OUTAGE_PAUSE seconds (in that process), with one warning, and what happened
-meanwhile is not counted.
+A Redis that fails or hangs costs a flush one short timeout and what it carried: writes then
+pause for OUTAGE_PAUSE seconds (in that process), with one warning, the counts waiting meanwhile.
+No move ever waits on it.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import logging
 import os
 import socket
+import threading
 import time
 from bisect import bisect_left
 from collections import Counter
@@ -195,6 +198,10 @@ class _Batch:
         self.counts[family.key, f"{field}\n{_le(family.bounds[bisect_left(family.bounds, seconds)])}"] += 1
         self.sums[family.key, f"{field}\nsum"] += seconds
 
+    def merge(self, other: _Batch) -> None:
+        self.counts.update(other.counts)
+        self.sums.update(other.sums)
+
     def write(self) -> None:
         if not self.counts:
             return
@@ -204,6 +211,58 @@ class _Batch:
         for (key, field), total in self.sums.items():
             pipe.hincrbyfloat(key, field, total)
         _execute(pipe)
+
+
+# What this process counted and has not written yet: a move adds to it (no Redis round trip in
+# the move's path: bench/e2e's worker spent a quarter of a run's time there), and a thread of
+# the process writes it every FLUSH_INTERVAL seconds in one pipeline, as a scrape in this
+# process does first. A process killed loses at most its last FLUSH_INTERVAL of counts.
+FLUSH_INTERVAL = 1.0
+BACKGROUND = True  # off in the tests: their flushes are theirs to make
+_pending = _Batch()
+_pending_lock = threading.Lock()
+_flusher: threading.Thread | None = None
+
+
+def _keep(batch: _Batch) -> None:
+    global _flusher
+    if not batch.counts:
+        return
+    with _pending_lock:
+        _pending.merge(batch)
+        if BACKGROUND and (_flusher is None or not _flusher.is_alive()):
+            _flusher = threading.Thread(target=_flush_every, name="tasks_app-metrics", daemon=True)
+            _flusher.start()
+
+
+def _flush_every() -> None:
+    while not _stopping.wait(FLUSH_INTERVAL):
+        flush()
+
+
+_stopping = threading.Event()
+
+
+def flush() -> None:
+    """Write what this process counted since the last flush. While writes pause after an
+    outage, the counts wait (one field per series: bounded); a write that fails loses its own."""
+    global _pending
+    if _paused():
+        return
+    with _pending_lock:
+        batch, _pending = _pending, _Batch()
+    batch.write()
+
+
+def _forget_in_child() -> None:
+    # A forked child (a prefork pool process) starts with nothing to write and no flusher: the
+    # parent's pending counts are the parent's to write.
+    global _pending, _flusher, _pending_lock
+    _pending, _flusher, _pending_lock = _Batch(), None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+atexit.register(flush)
 
 
 _TASK_FIELD = Run._meta.get_field("task")
@@ -221,9 +280,7 @@ def _tasks_of(runs: list[Run]) -> dict[int, tuple[str, str]]:
 
 
 def count_moves(moves: list[Move]) -> None:
-    """Lifecycle's subscriber: what the moves count, in one Redis pipeline."""
-    if _paused():
-        return
+    """Lifecycle's subscriber: what the moves count, kept for the next flush."""
     batch = _Batch()
     # A move to created counts nothing but a birth (a fire, maybe): skipped -> created does not.
     runs = [move for move in moves if move.is_run and (move.target != S.CREATED or move.source == "")]
@@ -233,7 +290,7 @@ def count_moves(moves: list[Move]) -> None:
     for move in moves:
         if not move.is_run and move.source == "" and move.subject.schedule_id:  # fired by a schedule
             _count_fire(batch, move.subject.schedule_id, move.subject.created_at, move.subject.scheduled_for)
-    batch.write()
+    _keep(batch)
 
 
 def _count_run(batch: _Batch, move: Move, task: tuple[str, str]) -> None:
@@ -279,11 +336,7 @@ def count_misfires(missed: list[tuple[Schedule, list[dt.datetime]]]) -> None:
     for schedule, instants in missed:
         batch.counts[MISFIRES.key, _field([str(schedule.pk)])] += len(instants)
 
-    def write() -> None:
-        if not _paused():
-            batch.write()
-
-    transaction.on_commit(write)
+    transaction.on_commit(lambda: _keep(batch))
 
 
 def mark_beat_alive() -> None:
@@ -334,6 +387,7 @@ def collect(now: dt.datetime | None = None) -> Iterator[Metric]:
     """Every metric, as prometheus-client's families: the stored ones as Redis holds them
     (none while it cannot be read), the gauges as they are now."""
     now = now or timezone.now()
+    flush()  # this process's own counts, written before they are read
     try:
         with _client(settings.REDIS_URL, READ_TIMEOUT).pipeline(transaction=False) as pipe:
             for family in STORED:

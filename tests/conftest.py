@@ -50,11 +50,15 @@ def _alert_rules_read_afresh() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _metrics_not_paused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test inherits the pause of metrics' writes that another test's Redis outage began."""
+def _metrics_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test inherits the counts another left unwritten, nor the pause of writes another's
+    Redis outage began; and no thread writes them behind a test's back (it flushes itself, or
+    a scrape does)."""
     from tasks_app import metrics
 
+    metrics._pending = metrics._Batch()
     monkeypatch.setattr(metrics, "_paused_until", 0.0)
+    monkeypatch.setattr(metrics, "BACKGROUND", False)
 
 
 @pytest.fixture

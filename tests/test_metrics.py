@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -250,7 +251,9 @@ def test_moves_of_runs_without_their_task_read_the_tasks_in_one_query(
     assert revoked == [1, 1, 1]
 
 
-def test_a_batch_of_moves_is_one_round_trip_to_redis(make_task, make_run, broker, monkeypatch) -> None:
+def test_moves_are_counted_without_a_round_trip_and_written_in_one(
+    make_task, make_run, broker, monkeypatch
+) -> None:
     runs = [make_run(make_task(), S.PENDING) for _ in range(50)]
     client = metrics._writer()
     sent = []
@@ -261,7 +264,10 @@ def test_a_batch_of_moves_is_one_round_trip_to_redis(make_task, make_run, broker
         return real(*args, **kwargs)
 
     monkeypatch.setattr(client.connection_pool, "get_connection", counted)
-    metrics.count_moves([Move(run, S.PENDING, S.RUNNING) for run in runs])
+    for run in runs:
+        metrics.count_moves([Move(run, S.PENDING, S.RUNNING)])
+    assert sent == []  # the moves' own path never waits on Redis
+    metrics.flush()
 
     assert len(sent) == 1
     assert sum(int(n) for n in broker.hvals("metrics:celery_task_started")) == 50
@@ -280,28 +286,29 @@ def hanging_redis(settings: Any) -> Iterator[None]:
         yield
 
 
-def test_a_redis_that_hangs_slows_a_burst_of_moves_by_one_timeout_and_warns_once(
+def test_a_redis_that_hangs_costs_one_timeout_and_one_warning_then_writes_pause(
     task, commits, caplog, hanging_redis, monkeypatch
 ) -> None:
     caplog.set_level(logging.WARNING, logger="tasks_app.metrics")
-    tried = []
-    monkeypatch.setattr(
-        metrics, "_execute", lambda pipe, real=metrics._execute: (tried.append(1), real(pipe))
-    )
+    tried, real = [], metrics._execute
+    monkeypatch.setattr(metrics, "_execute", lambda pipe: (tried.append(1), real(pipe)))
     with commits():
         runs = [submission.submit(RunRequest(task=task), by="tester")[0] for _ in range(20)]
         for run in runs:
             controls.cancel(run, by="operator")
+    assert tried == []  # 40 moves, none waited on Redis
+
+    for _ in range(3):
+        metrics.flush()
 
     assert Run.objects.filter(state=S.CANCELLED).count() == 20  # every move stands
     warnings = [r for r in caplog.records if r.name == "tasks_app.metrics"]
     assert len(warnings) == 1
     assert "metrics not recorded for 10s" in warnings[0].getMessage()
-    # 40 hooks, one write tried: the others, paused, waited out no timeout.
-    assert len(tried) == 1
+    assert len(tried) == 1  # one write tried: the next flushes wait out the pause
 
 
-def test_writes_resume_once_the_pause_after_an_outage_is_over(
+def test_counts_made_while_writes_pause_are_written_once_the_pause_is_over(
     task, commits, reader, settings, monkeypatch
 ) -> None:
     clock = [1000.0]  # the pause's own clock, moved by hand
@@ -309,16 +316,19 @@ def test_writes_resume_once_the_pause_after_an_outage_is_over(
     working = settings.REDIS_URL
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     with commits():
-        submission.submit(RunRequest(task=task), by="tester")  # not counted: Redis is away
+        submission.submit(RunRequest(task=task), by="tester")
+    metrics.flush()  # fails: this count is lost, and writes pause
     settings.REDIS_URL = working
     clock[0] += metrics.OUTAGE_PAUSE - 1
     with commits():
-        submission.submit(RunRequest(task=task), by="tester")  # not counted: still paused
+        submission.submit(RunRequest(task=task), by="tester")
+    metrics.flush()  # still paused: the count waits
+    assert metrics._writer().hlen("metrics:celery_task_sent") == 0
     clock[0] += 2
     with commits():
         submission.submit(RunRequest(task=task), by="tester")
 
-    assert value(scrape(reader), "celery_task_sent_total", **task_labels("noop")) == 1
+    assert value(scrape(reader), "celery_task_sent_total", **task_labels("noop")) == 2
 
 
 def test_a_scrape_while_redis_is_unreachable_still_answers_with_the_gauges(task, reader, settings) -> None:
@@ -538,6 +548,7 @@ def test_the_series_of_gone_workers_tasks_and_schedules_are_dropped(make_task, m
         Move(fired, "", S.PENDING),
     ]
     metrics.count_moves(moves)
+    metrics.flush()
     deleted.delete()
 
     assert metrics.forget_gone() == 2  # gone@host's start, the deleted task's start
@@ -546,3 +557,15 @@ def test_the_series_of_gone_workers_tasks_and_schedules_are_dropped(make_task, m
     assert started == [["kept", "here@host", "default"]]
     assert broker.hlen("metrics:scheduler_schedule_fires") == 1  # its schedule is still there
     assert broker.hlen("metrics:celery_task_sent") == 1
+
+
+def test_a_forked_pool_process_starts_with_nothing_to_write(make_task, make_run) -> None:
+    metrics.count_moves([Move(make_run(make_task(), S.PENDING), S.PENDING, S.RUNNING)])
+
+    pid = os.fork()
+    if pid == 0:  # the child: a prefork pool process, say
+        os._exit(0 if not metrics._pending.counts and metrics._flusher is None else 1)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert metrics._pending.counts  # the parent's counts are still the parent's to write
