@@ -1,7 +1,8 @@
 """POST /api/v1/runs/ under gunicorn, beside a bare DRF create endpoint, in the same run.
 
-gunicorn with 2 sync workers serves both endpoints (bench/api_settings.py adds the bare
-one: same token authentication and permissions, one INSERT). At 1 and at 20 concurrent
+gunicorn with 2 sync workers serves the endpoints (bench/api_settings.py adds the bare ones:
+same token authentication and permissions, one INSERT; and the naive submit, that INSERT then
+a Celery task's `.delay()` after the commit). At 1 and at 20 concurrent
 keep-alive clients, each endpoint is timed: latency p50/p99 and requests/s. No Celery
 worker runs: submitted runs wait in Redis, which is emptied afterwards.
 Figures go to bench/results/api.json.
@@ -33,6 +34,8 @@ WORKERS = os.environ.get("BENCH_GUNICORN_WORKERS", "2")
 ENDPOINTS = {
     "platform": ("/api/v1/runs/", {"task": "bench-noop", "kwargs": {"n": 1}}),
     "bare": ("/bench/bare/", {"payload": {"task": "bench-noop", "kwargs": {"n": 1}}}),
+    # The naive submit issue 14 compares with: the bare create, then .delay() after the commit.
+    "bare_delay": ("/bench/bare-delay/", {"payload": {"task": "bench-noop", "kwargs": {"n": 1}}}),
 }
 
 
@@ -158,6 +161,11 @@ def main() -> None:
         "one_client_p50_ms": {name: at(name, 1)["p50_ms"] for name in ENDPOINTS},
         "twenty_clients_ratio_of_requests_per_s": at("platform", 20)["requests_per_s"]
         / at("bare", 20)["requests_per_s"],
+        "twenty_clients_ratio_vs_bare_delay": at("platform", 20)["requests_per_s"]
+        / at("bare_delay", 20)["requests_per_s"],
+        "twenty_clients_p99_ratio_vs_bare_delay": at("platform", 20)["p99_ms"]
+        / at("bare_delay", 20)["p99_ms"],
+        "one_client_p50_ratio_vs_bare_delay": at("platform", 1)["p50_ms"] / at("bare_delay", 1)["p50_ms"],
     }
     write_results(args.out, summary, {k: v for k, v in summary.items() if k != "results"})
 
