@@ -1,9 +1,11 @@
-"""Do the worker's two shortcuts past the ORM pay for themselves? Each beside the plain ORM
-call it replaces, interleaved in one process on the same MariaDB:
+"""Do the shortcuts past the framework pay for themselves? Each beside the plain call it
+replaces, interleaved in one process on the same MariaDB and Redis:
 
   move_update   lifecycle._conditional_update() vs Run.objects.filter(...).update(...), with
                 the same fields a claim writes (the event trigger fires for both)
   load_run      run_loader.get_with_task() vs Run.objects.select_related("task").get()
+  throttle      the submit throttle's count, one script on the cache's Redis client, vs the
+                cache API's add(), incr() and get() it replaced (every submission pays it)
 
 Each figure is microseconds per call (median of ROUNDS rounds of CALLS calls), and the ratio
 ORM / shortcut. Figures go to bench/results/orm.json.
@@ -77,9 +79,24 @@ def main() -> None:
         )
         assert updated == 1
 
+    from django.core.cache import cache
+
+    from tasks_app.api.throttles import SubmitThrottle
+
+    throttle = SubmitThrottle()
+
+    def script_count(_number: int) -> None:
+        throttle._count("bench:throttle:now", "bench:throttle:before", 1, 120)
+
+    def cache_count(_number: int) -> None:
+        cache.add("bench:throttle:now", 0, timeout=120)
+        cache.incr("bench:throttle:now", 1)
+        cache.get("bench:throttle:before", 0)
+
     figures: dict[str, dict[str, list[float]]] = {
         "move_update": {"shortcut_us": [], "orm_us": []},
         "load_run": {"shortcut_us": [], "orm_us": []},
+        "throttle": {"shortcut_us": [], "orm_us": []},
     }
     for _round in range(args.rounds):
         # An even number of calls each: the run ends every round where it started.
@@ -89,7 +106,10 @@ def main() -> None:
         figures["load_run"]["orm_us"].append(
             per_call_us(lambda _n: Run.objects.select_related("task").get(pk=run.pk), args.calls)
         )
+        figures["throttle"]["shortcut_us"].append(per_call_us(script_count, args.calls))
+        figures["throttle"]["orm_us"].append(per_call_us(cache_count, args.calls))
     Run.objects.filter(task=task).delete()
+    cache.delete_many(["bench:throttle:now", "bench:throttle:before"])
     shown = {}
     for name, sides in figures.items():
         shortcut, orm = statistics.median(sides["shortcut_us"]), statistics.median(sides["orm_us"])
