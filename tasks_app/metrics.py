@@ -49,7 +49,7 @@ from tasks_app.choices import TERMINAL_STATES, AlertCondition, AlertState, RunSt
 from tasks_app.lifecycle import Move
 from tasks_app.models import Alert, Run, Schedule, Task, Worker
 from tasks_app.models.rollups import DURATION_BOUNDS, LATENESS_BOUNDS
-from tasks_app.workers import known_queues, online_workers
+from tasks_app.workers import known_queues
 
 logger = logging.getLogger(__name__)
 S = RunState
@@ -436,19 +436,12 @@ def _histogram(family: Family, fields: dict[str, str]) -> Metric:
 
 def _gauges(now: dt.datetime) -> Iterator[Metric]:
     online_since = Worker.online_since(now)
-    workers = list(
-        Worker.objects.filter(last_heartbeat__gte=now - WORKERS_SHOWN_FOR).values_list(
-            "hostname", "last_heartbeat", "stopped_at", "queues"
-        )
-    )
+    workers = list(Worker.objects.filter(last_heartbeat__gte=now - WORKERS_SHOWN_FOR))
+    # As workers.online_workers(), on the rows read already.
+    online = [w for w in workers if w.stopped_at is None and w.last_heartbeat > online_since]
     up = GaugeMetricFamily("celery_worker_up", GAUGES["celery_worker_up"], labels=["hostname"])
-    online = {
-        host: queues
-        for host, heartbeat, stopped, queues in workers
-        if not stopped and heartbeat > online_since
-    }
-    for hostname, *_rest in workers:
-        up.add_metric([hostname], 1 if hostname in online else 0)
+    for worker in workers:
+        up.add_metric([worker.hostname], 1 if worker in online else 0)
     yield up
     # GROUP BY over running runs only (index run_state_due starts with state).
     running = dict(
@@ -457,11 +450,11 @@ def _gauges(now: dt.datetime) -> Iterator[Metric]:
     active = GaugeMetricFamily(
         "celery_worker_tasks_active", GAUGES["celery_worker_tasks_active"], labels=["hostname"]
     )
-    for hostname in sorted(set(online) | set(running)):
+    for hostname in sorted({worker.hostname for worker in online} | set(running)):
         active.add_metric([hostname], running.get(hostname, 0))
     yield active
     try:
-        lengths = broker.queue_lengths(known_queues(list(online_workers(now))))
+        lengths = broker.queue_lengths(known_queues(online))
     except Exception as exc:  # the broker is unreachable: no gauge rather than no scrape
         logger.warning("metrics: queue lengths left out, the broker did not answer: %s", exc)
     else:
