@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, ROOT, ensure_database, platform_env, run_columns, write_results
+from bench.common import RESULTS, ROOT, ensure_database, platform_env, run_columns, truncate, write_results
 from bench.scheduler import percentile
 
 HOST = "bench@host"
@@ -83,15 +83,9 @@ class Queries:
 
 
 def reset() -> None:
-    from django.db import connection
-
     from tasks_app import alerts
 
-    with connection.cursor() as cursor:
-        cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
-        for table in TABLES:
-            cursor.execute(f"TRUNCATE TABLE {table}")
-        cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
+    truncate(TABLES)
     alerts.forget_rules()
 
 

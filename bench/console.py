@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, ensure_database, platform_env, run_columns, write_results
+from bench.common import RESULTS, ensure_database, platform_env, run_columns, truncate, write_results
 
 TASKS = 20
 SPAN = dt.timedelta(days=7)
@@ -50,13 +50,7 @@ TABLES = (
 
 
 def reset() -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
-        for table in TABLES:
-            cursor.execute(f"TRUNCATE TABLE {table}")
-        cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
+    truncate(TABLES)
 
 
 def populate(runs: int, now: dt.datetime) -> dict[str, Any]:
