@@ -95,6 +95,18 @@ def write_results(path: str, figures: dict[str, Any], shown: dict[str, Any]) -> 
     print(f"written to {out}")
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of process `pid` ("main") and of its children ("pool"), summed."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def of(process: int) -> float:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {"main": of(pid), "pool": sum(of(int(child)) for child in children)}
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

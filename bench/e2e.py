@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, ensure_database, wait_until, write_results
+from bench.common import (
+    BROKER_URL,
+    DB_URL,
+    RESULTS,
+    ROOT,
+    cpu_seconds,
+    ensure_database,
+    wait_until,
+    write_results,
+)
 from bench.common import probe as bench_probe
 
 SCENARIOS = ["plain", "results", "platform"]
@@ -88,6 +97,7 @@ def run_scenario(scenario: str, runs: int) -> dict[str, Any]:
     try:
         probe = bench_probe(scenario == "platform")
         wait_until(lambda: probe.control.ping(timeout=0.5), 60, f"the {scenario} worker")
+        before = cpu_seconds(worker.pid)
         done = subprocess.run(
             [sys.executable, __file__, "--submit", scenario, "--runs", str(runs)],
             cwd=ROOT,
@@ -96,7 +106,13 @@ def run_scenario(scenario: str, runs: int) -> dict[str, Any]:
             capture_output=True,
             text=True,
         )
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        after = cpu_seconds(worker.pid)
+        # CPU per run is steadier than the rate on a machine that is busy with something else.
+        figures["worker_cpu_ms_per_run"] = {
+            part: round(1000 * (after[part] - before[part]) / runs, 3) for part in after
+        }
+        return figures
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
@@ -136,6 +152,13 @@ def main() -> None:
         "median_runs_per_s": median,
         "ratio_vs_plain_celery": median["platform"] / median["plain"],
         "ratio_vs_celery_with_django_celery_results": median["platform"] / median["results"],
+        "median_worker_cpu_ms_per_run": {
+            name: {
+                part: statistics.median(r["worker_cpu_ms_per_run"][part] for r in rounds[name])
+                for part in ("main", "pool")
+            }
+            for name in SCENARIOS
+        },
         "worker": "prefork, concurrency 2; same Redis broker and MariaDB",
     }
     write_results(args.out, summary, {k: v for k, v in summary.items() if k != "rounds"})

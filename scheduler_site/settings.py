@@ -303,8 +303,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_PUBLISH_RETRY = True
-# Task events (celery worker -E) on, so Flower and `celery events` see every run.
-CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_TASK_EVENTS", True)
+# Task events (what Flower and `celery events` read) are off, as in Celery: three broker
+# publishes per run, in the worker's main process, which also feeds its pool. With them on,
+# the no-op throughput of bench/e2e.py fell by a third (issue 14's note); `-E` turns them on too.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_TASK_EVENTS", False)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
 CELERY_BEAT_SCHEDULER = "tasks_app.scheduling:PlatformScheduler"

@@ -366,10 +366,10 @@ def test_hard_time_limit_finds_the_run_of_named_and_older_positional_arguments()
     assert message_of([7, 2], {}) == (7, 2)  # a message sent before the arguments were named
 
 
-def test_task_events_are_on_by_default() -> None:
+def test_task_events_are_off_unless_asked_for() -> None:
     from scheduler_site.celery import app
 
-    assert app.conf.worker_send_task_events is True
+    assert app.conf.worker_send_task_events is False
 
 
 # --- a message for a handler the worker lacks -----------------------------------------
