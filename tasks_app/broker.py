@@ -19,6 +19,7 @@ from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 
+from tasks_app import run_loader
 from tasks_app.choices import RunState
 from tasks_app.lifecycle import Move
 from tasks_app.models import Run
@@ -78,9 +79,11 @@ def time_limits(task: Any) -> tuple[float | None, float]:
 def _send(app: Any, producer: Any, run: Run) -> None:
     task = run.task
     soft, hard = time_limits(task)
+    names = {"run_id": run.pk, "message_number": run.message_number}
     app.send_task(
         task.handler,
-        kwargs={"run_id": run.pk, "message_number": run.message_number},
+        kwargs={**names, **run_loader.carried(run)},
+        kwargsrepr=repr(names),  # what Flower and logs show: the run, not its inputs again
         task_id=run.message_id,
         shadow=task.name,  # the name the worker log, Flower and `celery inspect` show
         queue=task.queue,

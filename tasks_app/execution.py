@@ -1,11 +1,11 @@
 """The worker's side: one Celery task per registered handler, each a thin entry point,
 and the moves a worker makes (claim, complete, fail, retry after a backoff).
 
-A message carries only `run_id` and `message_number` (its Celery name is the handler's,
-shown under the task's name). The worker re-reads the run, claims it (pending ->
-running, only for the run's latest message), calls the handler with a context, records
-the outcome, and ends the Celery task as the attempt ended, so that the worker log,
-Flower and `celery events` agree with the platform.
+A message carries `run_id` and `message_number`, and the run with its task's definition as
+they were when it was sent (run_loader.carried; its Celery name is the handler's, shown under
+the task's name). The worker claims the run (pending -> running, only for the run's latest
+message), calls the handler with a context, records the outcome, and ends the Celery task as
+the attempt ended, so that the worker log, Flower and `celery events` agree with the platform.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from tasks_app import concurrency, handlers, lifecycle, workflows
 from tasks_app.choices import Actor, RunState
 from tasks_app.handlers import RunContext, RunInterrupted
 from tasks_app.lifecycle import InvalidTransition
-from tasks_app.models import Run, RunLog
-from tasks_app.run_loader import get_with_task
+from tasks_app.models import Run, RunLog, Task
+from tasks_app.run_loader import from_message, get_with_task
 
 S = RunState
 
@@ -109,8 +109,13 @@ def celery_task_for(handler_name: str) -> CeleryTask:
     """The Celery task executing runs of `handler_name`, created once."""
     if handler_name not in _celery_tasks:
 
-        def entry(self: CeleryTask, run_id: int, message_number: int) -> None:
-            report_to_celery(execute(run_id, message_number, hostname=self.request.hostname or ""))
+        def entry(
+            self: CeleryTask, run_id: int, message_number: int, run: Any = None, task: Any = None
+        ) -> None:
+            outcome = execute(
+                run_id, message_number, hostname=self.request.hostname or "", carried=from_message(run, task)
+            )
+            report_to_celery(outcome)
 
         entry.__name__ = entry.__qualname__ = handler_name.replace(".", "_")
         _celery_tasks[handler_name] = shared_task(name=handler_name, base=RunTask, bind=True)(entry)
@@ -149,8 +154,16 @@ def encode_result(value: Any) -> Any:
     return json.loads(text)
 
 
-def execute(run_id: int, message_number: int, *, hostname: str) -> Outcome:
+def execute(run_id: int, message_number: int, *, hostname: str, carried: Run | None = None) -> Outcome:
     def claim_it() -> Run:
+        nonlocal carried
+        if carried is not None:
+            run, carried = carried, None
+            try:
+                claim(run, message_number, hostname)
+                return run
+            except InvalidTransition:
+                pass  # refused: decided again on the run as it is now, as a message without it is
         run = get_with_task(run_id)
         claim(run, message_number, hostname)
         return run
@@ -284,7 +297,8 @@ def fail(run: Run, error: dict[str, Any], *, reason: str, hostname: str = "") ->
 
 def fail_or_retry(run: Run, error: dict[str, Any], *, hostname: str, reason: str = "") -> None:
     """After a failed attempt: retry after the task's backoff while retries remain."""
-    task = run.task
+    # Judged by its task as it is now: the message carried the task as it was when sent.
+    task = run.task = Task.objects.filter(pk=run.task_id).first() or run.task
     why = reason or error["type"]
     if run.retries >= task.max_retries:
         attempts = f"{run.attempt} attempt{'s' if run.attempt != 1 else ''}"

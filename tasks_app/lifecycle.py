@@ -232,7 +232,8 @@ def move(
         **changes,
         **move_fields(target, at=at or timezone.now(), reason=reason, actor=actor, actor_name=actor_name),
     }
-    current, entered_at = run.state, run.state_changed_at
+    seen_first = current = run.state
+    entered_at = run.state_changed_at
     for _attempt in range(5):
         if current not in allowed:
             raise InvalidTransition(run.pk, current, target)
@@ -243,10 +244,11 @@ def move(
         else:
             with transaction.atomic():
                 if _conditional_update(conditions, fields, increment="message_number"):
-                    # Read back while the UPDATE still holds the row lock: ours.
-                    fields["message_number"] = Run.objects.values_list("message_number", flat=True).get(
-                        pk=run.pk
-                    )
+                    # Read back while the UPDATE still holds the row lock: the row as this
+                    # message number finds it, which its message carries (run_loader.carried).
+                    row = Run.objects.get(pk=run.pk)
+                    for field in Run._meta.concrete_fields:  # its task stays cached
+                        setattr(run, field.attname, getattr(row, field.attname))
                     break
         seen = current
         current = Run.objects.filter(pk=run.pk).values_list("state", flat=True).first()
@@ -256,9 +258,10 @@ def move(
             raise InvalidTransition(run.pk, current, target, "superseded")
     else:
         raise InvalidTransition(run.pk, current, target, "the run keeps changing")
-    since = entered_at if current == run.state else None  # unknown if another move came between
-    for field, value in fields.items():
-        setattr(run, field, value)
+    since = entered_at if current == seen_first else None  # unknown if another move came between
+    if not new_message:  # else the row was read back
+        for field, value in fields.items():
+            setattr(run, field, value)
     _announce([Move(run, current, target, since)])
     return RunState(current)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 import time_machine
@@ -357,6 +358,137 @@ def test_message_names_the_task_and_the_run(
     assert message["headers"]["shadow"] == "nightly-report"  # what its log and inspect show
     assert message["headers"]["id"] == f"{run.pk}.1"
     assert message["headers"]["kwargsrepr"] == repr({"run_id": run.pk, "message_number": 1})
+
+
+# --- a message that carries its run ----------------------------------------------------
+
+
+def sent(broker, run_or_task, **kwargs):
+    """Submit a run (of a task) or publish a run, and return (the run, its message's kwargs as
+    the worker decodes them)."""
+    import base64
+
+    from kombu.utils.json import loads
+
+    from tasks_app import broker as platform_broker
+    from tasks_app.submission import RunRequest
+    from tests.conftest import queued_messages
+
+    if isinstance(run_or_task, Task):
+        run, _ = submission.submit(RunRequest(task=run_or_task, kwargs=kwargs))
+    else:
+        run = run_or_task
+    platform_broker.publish([run])
+    (message,) = queued_messages(broker)
+    broker.flushdb()
+    _args, message_kwargs, _embed = loads(base64.b64decode(message["body"]))
+    return run, message_kwargs
+
+
+def apply_message(run: Run, message_kwargs: dict) -> str:
+    from celery.signals import task_prerun
+
+    from tasks_app.execution import _check_connections_after_idle, celery_task_for
+
+    task_prerun.disconnect(_check_connections_after_idle)
+    try:
+        return celery_task_for(run.task.handler).apply(kwargs=message_kwargs).state
+    finally:
+        task_prerun.connect(_check_connections_after_idle)
+
+
+def test_a_message_carries_its_run_and_the_worker_does_not_read_it(make_task, broker) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    run, message_kwargs = sent(broker, make_task(), a=1)
+    assert message_kwargs["run"]["id"] == run.pk and message_kwargs["task"]["id"] == run.task_id
+
+    with CaptureQueriesContext(connection) as queries:
+        assert apply_message(run, message_kwargs) == "SUCCESS"
+
+    reads = [q["sql"] for q in queries if re.search(r"^SELECT .* FROM [`\"]tasks_app_run[`\"]", q["sql"])]
+    assert reads == []
+    run.refresh_from_db()
+    assert (run.state, run.attempt, run.result["kwargs"]) == (S.COMPLETED, 1, {"a": 1})
+    assert states(run)[-2:] == [(S.PENDING, S.RUNNING), (S.RUNNING, S.COMPLETED)]
+
+
+def test_carried_inputs_reach_the_handler_as_stored_even_what_looks_like_a_typed_value(
+    make_task, broker
+) -> None:
+    typed = {"__type__": "datetime", "__value__": "2020-01-01T00:00:00"}  # kombu's own marker
+    run, message_kwargs = sent(broker, make_task(), when=typed, many=[1.5, None, "x"])
+
+    assert apply_message(run, message_kwargs) == "SUCCESS"
+
+    run.refresh_from_db()
+    assert run.result["kwargs"] == {"when": typed, "many": [1.5, None, "x"]}
+
+
+def test_a_carried_run_that_moved_on_since_runs_nothing(make_task, broker) -> None:
+    run, message_kwargs = sent(broker, make_task())
+    controls.cancel(run, by="op")
+
+    assert apply_message(run, message_kwargs) == "IGNORED"
+
+    run.refresh_from_db()
+    assert (run.state, run.attempt) == (S.CANCELLED, 0)
+
+
+def test_a_carried_run_sent_again_is_claimed_only_by_its_latest_message(make_task, make_run, broker) -> None:
+    run = make_run(make_task(), S.PENDING)
+    _, first = sent(broker, run)
+    Run.objects.filter(pk=run.pk).update(message_number=2)  # sent again meanwhile (recovery)
+    run.refresh_from_db()
+    _, second = sent(broker, run)
+
+    assert apply_message(run, first) == "IGNORED"
+    assert apply_message(run, second) == "SUCCESS"
+    run.refresh_from_db()
+    assert (run.state, run.attempt) == (S.COMPLETED, 1)
+
+
+def test_a_failed_attempt_is_judged_by_its_task_as_it_is_now(make_task, broker) -> None:
+    task = make_task(handler="tests.explode", max_retries=0)
+    run, message_kwargs = sent(broker, task)
+    Task.objects.filter(pk=task.pk).update(max_retries=2)  # edited after the message was sent
+
+    assert apply_message(run, message_kwargs) == "RETRY"
+
+    run.refresh_from_db()
+    assert (run.state, run.retries) == (S.RETRYING, 1)
+
+
+def test_a_message_of_another_shape_is_read_from_the_database(make_task, make_run) -> None:
+    from tasks_app.run_loader import from_message
+
+    run = make_run(make_task(), S.PENDING)
+
+    assert from_message(None, None) is None
+    assert from_message({"id": run.pk}, {"id": run.task_id}) is None  # another version's fields
+    assert (
+        apply_message(run, {"run_id": run.pk, "message_number": 1, "run": {"id": 1}, "task": 7}) == "SUCCESS"
+    )
+    run.refresh_from_db()
+    assert run.state == S.COMPLETED
+
+
+def test_a_run_sent_again_by_an_operator_carries_the_row_not_a_stale_copy(
+    make_task, make_run, broker
+) -> None:
+    run = make_run(make_task(), S.FAILED, attempt=1)
+    stale = Run.objects.select_related("task").get(pk=run.pk)
+    Run.objects.filter(pk=run.pk).update(attempt=3, checkpoint={"page": 7})  # written elsewhere meanwhile
+
+    controls.retry(stale, by="op")
+
+    assert (stale.attempt, stale.checkpoint, stale.message_number) == (3, {"page": 7}, run.message_number + 1)
+    _, message_kwargs = sent(broker, stale)
+    assert (message_kwargs["run"]["attempt"], message_kwargs["run"]["checkpoint"]) == (3, '{"page": 7}')
+    assert apply_message(stale, message_kwargs) == "SUCCESS"
+    stale.refresh_from_db()
+    assert stale.attempt == 4
 
 
 def test_hard_time_limit_finds_the_run_of_named_and_older_positional_arguments() -> None:
