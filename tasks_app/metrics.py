@@ -136,13 +136,20 @@ GAUGES = {
 }
 
 
+# Both are asked for at every move a worker makes, for a handful of distinct values.
+@lru_cache(maxsize=256)
 def _le(bound: float) -> str:
     return floatToGoString(bound)
 
 
-def _field(labels: Iterable[str]) -> str:
+@lru_cache(maxsize=4096)
+def _labels_field(labels: tuple[str, ...]) -> str:
     # JSON escapes control characters: a histogram adds "\n" and its bucket after it.
-    return json.dumps(list(labels), separators=(",", ":"))
+    return json.dumps(labels, separators=(",", ":"))
+
+
+def _field(labels: Iterable[str]) -> str:
+    return _labels_field(tuple(labels))
 
 
 def _beats_key() -> str:
