@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 import time_machine
@@ -194,6 +195,22 @@ def test_bulk_of_1000_is_accepted(api, task, broker) -> None:
     response = api.post(URL + "bulk/", {"runs": [{"task": "noop"}] * 1000}, format="json")
     assert response.status_code == 201
     assert Run.objects.count() == 1000
+
+
+def test_bulk_reads_each_task_it_names_once(api, task, make_task, broker) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_task(name="other")
+    bodies = [{"task": "noop"}, {"task": "other"}, {"task": "missing"}] * 10
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post(URL + "bulk/", {"runs": bodies}, format="json")
+
+    assert response.status_code == 400  # every "missing" is named
+    assert sorted(response.data["runs"]) == list(range(2, 30, 3))
+    task_reads = [q for q in queries if re.search(r"^SELECT .* FROM [`\"]tasks_app_task[`\"]", q["sql"])]
+    assert len(task_reads) == 2 + 10  # noop and other once; a name that is no task each time
 
 
 def test_bulk_with_a_disabled_task_is_a_409_naming_the_index(api, task, make_task) -> None:
