@@ -15,6 +15,7 @@ All instants are aware datetimes in UTC.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import zoneinfo
 from collections.abc import Iterator
@@ -233,6 +234,20 @@ def describe(expression: str) -> str:
         ) from None
 
 
+# Answers each shared Cron remembers (Cron.next_after), past which it starts afresh: a
+# tick asks each a few (now, the due instant, a catch-up's chain). At most some 5 MB in all.
+_REMEMBERED = 32
+
+
+@functools.lru_cache(maxsize=1024)
+def cron(expression: str, timezone: str = "UTC") -> Cron:
+    """The Cron of (expression, timezone), shared: schedules share few expressions, and a
+    burst of them due at one instant asks each the same questions, which it answers once.
+    A Cron made per schedule and per question cost 0.11 ms of a fire's 1.1 ms CPU
+    (10,000 yearly crons due at once, 2026-12-04)."""
+    return Cron(expression, timezone)
+
+
 class Cron:
     def __init__(self, expression: str, timezone: str = "UTC") -> None:
         self.expression = normalise_cron(expression)
@@ -241,9 +256,19 @@ class Cron:
         hour = self.fields[2] if len(self.fields) == 6 else self.fields[1]
         # Fires every hour (or more often): keep real-time spacing through a repeated hour.
         self.hourly = hour == "*" or hour.startswith("*/")
+        self._fires: dict[dt.datetime, dt.datetime] = {}  # instant -> next_after(instant)
 
     def next_after(self, instant: dt.datetime) -> dt.datetime:
         """The first fire strictly after `instant`."""
+        fire = self._fires.get(instant)
+        if fire is None:
+            fire = self._next_after(instant)
+            if len(self._fires) >= _REMEMBERED:
+                self._fires.clear()
+            self._fires[instant] = fire
+        return fire
+
+    def _next_after(self, instant: dt.datetime) -> dt.datetime:
         # Start from the earliest wall time `instant` can have: around a repeated hour
         # a wall time before its own can still fire after it (the second time round).
         try:

@@ -325,3 +325,55 @@ def test_a_beat_tick_that_fires_nothing_logs_nothing_at_info(
     with caplog.at_level("INFO"), time_machine.travel(at(60), tick=False):
         scheduler.platform_tick()
     assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == ["fire due schedules: 1"]
+
+
+def test_schedules_sharing_a_due_instant_are_saved_by_one_update_each_with_its_own_counts(
+    make_schedule, make_task, broker
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    shared = [make_schedule(cron="* * * * *") for _ in range(20)]
+    behind = make_schedule(cron="* * * * *")  # missed before: its count goes on from there
+    idle = make_schedule(task=make_task(enabled=False), cron="* * * * *")  # fires nothing
+    Schedule.objects.filter(pk=behind.pk).update(missed_fires=5, next_fire_at=at(-60))
+    Schedule.objects.filter(pk=idle.pk).update(last_fired_at=at(-3600))
+
+    with CaptureQueriesContext(connection) as queries:
+        fire(at(60.5))
+
+    saves = [q for q in queries.captured_queries if q["sql"].startswith('UPDATE "tasks_app_schedule"')
+             or q["sql"].startswith("UPDATE `tasks_app_schedule`")]  # fmt: skip
+    assert len(saves) == 3  # the 20 sharing their new values; `behind`, which missed some; `idle`
+    for schedule in [*shared, behind]:
+        schedule.refresh_from_db()
+        assert (schedule.next_fire_at, schedule.last_fired_at) == (at(120), at(60.5))
+    assert {s.missed_fires for s in shared} == {0}
+    assert behind.missed_fires == 5 + 2  # 11:59 and 12:00 are older than the grace
+    idle.refresh_from_db()
+    assert (idle.next_fire_at, idle.last_fired_at, idle.missed_fires) == (at(120), at(-3600), 0)
+
+
+def test_a_cron_shared_by_schedules_answers_as_a_fresh_one_through_a_repeated_hour(db) -> None:
+    from tasks_app import timing
+
+    shared = timing.cron("*/20 * * * *", "Europe/Berlin")
+    assert timing.cron("*/20 * * * *", "Europe/Berlin") is shared
+    # 2026-10-25: Berlin's 02:00-03:00 happens twice (00:00-02:00 UTC); 400 instants a
+    # minute apart outnumber what a cron remembers, and each is asked twice.
+    night = [dt.datetime(2026, 10, 24, 23, 0, tzinfo=UTC) + dt.timedelta(minutes=m) for m in range(400)]
+    for instant in night + night:
+        assert shared.next_after(instant) == timing.Cron("*/20 * * * *", "Europe/Berlin").next_after(instant)
+    assert shared.next_after(dt.datetime(2026, 10, 25, 0, 50, tzinfo=UTC)) == dt.datetime(
+        2026, 10, 25, 1, 0, tzinfo=UTC
+    )  # 02:00 the second time round
+
+
+def test_beat_reads_its_entries_past_the_mirrors_by_an_index(db) -> None:
+    from django.db import connection
+    from django_celery_beat.models import PeriodicTask
+
+    table = PeriodicTask._meta.db_table
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, table)
+    assert constraints["periodictask_task_platform"]["columns"] == ["task"]  # migration 0022

@@ -166,7 +166,7 @@ class Schedule(models.Model):
     def timer(self) -> timing.Cron | timing.Interval | timing.Once:
         """The schedule's arithmetic; raises timing.InvalidSchedule."""
         if self.cron:
-            return timing.Cron(self.cron, self.timezone)
+            return timing.cron(self.cron, self.timezone)
         if self.interval_seconds:
             return timing.Interval(self.interval_seconds, self.start_at or self.created_at)
         if self.run_at:
