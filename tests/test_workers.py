@@ -41,3 +41,21 @@ def test_task_tells_how_many_online_workers_would_run_it(reader, make_task) -> N
     # An offline worker with the handler counts for nothing.
     assert listed == {"served": 2, "other-queue": 0, "unknown-handler": 0}
     assert one["online_workers"] == 0
+
+
+def test_the_cancelled_timers_of_finished_runs_are_dropped_and_the_live_ones_kept() -> None:
+    from kombu.asynchronous.timer import Timer
+
+    from tasks_app.workers import purge_cancelled_timers
+
+    timer = Timer()
+    fired = []
+    live = timer.call_at(2_000_000_000.0, lambda: fired.append("live"), priority=3)
+    for _ in range(3):  # a run's time limit, cancelled when the run ended
+        timer.call_at(2_000_000_000.0, lambda: fired.append("cancelled")).cancel()
+
+    assert purge_cancelled_timers(timer) == 3
+
+    (kept,) = timer.queue
+    assert (kept.entry, kept.eta, kept.priority) == (live, 2_000_000_000.0, 3)
+    assert purge_cancelled_timers(timer) == 0
