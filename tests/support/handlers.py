@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
 from tasks_app.handlers import RunContext, handler
@@ -45,3 +45,12 @@ def record(ctx: RunContext, seconds: float = 0, **kwargs: Any) -> dict[str, int]
 def die(ctx: RunContext, **kwargs: Any) -> None:
     """Kills the process executing it, every time: a poison message."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@handler("tests.connection")
+def database_connection(ctx: RunContext, **kwargs: Any) -> dict[str, int]:
+    """Which pool process executed it, over which database connection (MariaDB's CONNECTION_ID())."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID()")
+        (connection_id,) = cursor.fetchone()
+    return {"pid": os.getpid(), "connection_id": connection_id}
