@@ -232,7 +232,9 @@ def test_inspect_shows_the_task_name_and_the_run_and_task_events_are_off(platfor
         (request,) = [request for request in active if request["id"] == run.message_id]
         assert request["name"] == "long-nap"
         assert request["type"] == "builtin.sleep"
-        assert request["kwargs"] == {"run_id": run.pk, "message_number": run.message_number}
+        kwargs = request["kwargs"]
+        assert (kwargs["run_id"], kwargs["message_number"]) == (run.pk, run.message_number)
+        assert (kwargs["run"]["id"], kwargs["task"]["name"]) == (run.pk, "long-nap")  # carried
         (conf,) = app.control.inspect(timeout=1).conf().values()
         assert conf["CELERY_WORKER_SEND_TASK_EVENTS"] is False  # as Celery's own default; -E turns them on
     finally:
