@@ -119,15 +119,17 @@ def populate(runs: int, now: dt.datetime) -> dict[str, Any]:
         wr_created = (
             f"TIMESTAMPADD(MICROSECOND, CAST(seq AS SIGNED) * 50 * {step_us} - {span_us + 120_000_000}, %s)"
         )
+        # Their ids are given: an INSERT ... SELECT's auto-increment may leave gaps between
+        # statements, and the runs find their workflow run by arithmetic.
         for low in range(0, workflow_runs, CHUNK):
             high = min(workflow_runs, low + CHUNK) - 1
             cursor.execute(
-                f"INSERT INTO {WorkflowRun._meta.db_table} (workflow_id, state, steps, created_by, "
+                f"INSERT INTO {WorkflowRun._meta.db_table} (id, workflow_id, state, steps, created_by, "
                 "awaiting_retry, created_at, started_at, finished_at, state_changed_at, state_reason, "
                 "state_actor, state_actor_name) "
-                f"SELECT {workflow.pk}, 'completed', '[]', 'bench', '[]', c, c, "
+                f"SELECT n + 1, {workflow.pk}, 'completed', '[]', 'bench', '[]', c, c, "
                 "TIMESTAMPADD(SECOND, 70, c), TIMESTAMPADD(SECOND, 70, c), 'bench', 'system', '' "
-                f"FROM (SELECT {wr_created} AS c FROM seq_{low}_to_{high}) AS made",
+                f"FROM (SELECT seq AS n, {wr_created} AS c FROM seq_{low}_to_{high}) AS made",
                 [at],
             )
         first_workflow_run = WorkflowRun.objects.order_by("pk").values_list("pk", flat=True).first()
