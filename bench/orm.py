@@ -6,6 +6,9 @@ replaces, interleaved in one process on the same MariaDB and Redis:
   load_run      run_loader.get_with_task() vs Run.objects.select_related("task").get()
   throttle      the submit throttle's count, one script on the cache's Redis client, vs the
                 cache API's add(), incr() and get() it replaced (every submission pays it)
+  insert_500    lifecycle._insert() of 500 runs vs Run.objects.bulk_create() (a bulk, a burst
+                of fires); per run. (For one run, a submit's, it gained nothing over save():
+                1 row costs the database more than the compiling.)
 
 Each figure is microseconds per call (median of ROUNDS rounds of CALLS calls), and the ratio
 ORM / shortcut. Figures go to bench/results/orm.json.
@@ -93,10 +96,23 @@ def main() -> None:
         cache.incr("bench:throttle:now", 1)
         cache.get("bench:throttle:before", 0)
 
+    def unsaved(count: int) -> list[Run]:
+        return [
+            Run(task=task, state=RunState.PENDING, message_number=1, kwargs={"i": i}) for i in range(count)
+        ]
+
+    def insert_500(insert: Callable[[list[Run]], object], calls: int) -> float:
+        batches = [unsaved(500) for _ in range(max(1, calls // 500))]
+        started = time.perf_counter()
+        for batch in batches:
+            insert(batch)
+        return (time.perf_counter() - started) / (500 * len(batches)) * 1e6
+
     figures: dict[str, dict[str, list[float]]] = {
         "move_update": {"shortcut_us": [], "orm_us": []},
         "load_run": {"shortcut_us": [], "orm_us": []},
         "throttle": {"shortcut_us": [], "orm_us": []},
+        "insert_500": {"shortcut_us": [], "orm_us": []},
     }
     for _round in range(args.rounds):
         # An even number of calls each: the run ends every round where it started.
@@ -108,6 +124,8 @@ def main() -> None:
         )
         figures["throttle"]["shortcut_us"].append(per_call_us(script_count, args.calls))
         figures["throttle"]["orm_us"].append(per_call_us(cache_count, args.calls))
+        figures["insert_500"]["shortcut_us"].append(insert_500(lifecycle._insert, args.calls))
+        figures["insert_500"]["orm_us"].append(insert_500(Run.objects.bulk_create, args.calls))
     Run.objects.filter(task=task).delete()
     cache.delete_many(["bench:throttle:now", "bench:throttle:before"])
     shown = {}

@@ -138,6 +138,34 @@ def test_bulk_submission_sends_every_run_over_one_commit(
     assert sorted(queued_ids(broker)) == sorted(f"{run.pk}.1" for run in runs)
 
 
+def test_runs_inserted_in_several_statements_get_their_own_ids_in_order(make_task) -> None:
+    from tasks_app.lifecycle import INSERT_BATCH
+
+    task = make_task()
+    runs = submission.submit_many([RunRequest(task=task, kwargs={"i": i}) for i in range(INSERT_BATCH + 3)])
+
+    stored = dict(Run.objects.values_list("pk", "kwargs"))
+    assert [stored[run.pk]["i"] for run in runs] == list(range(INSERT_BATCH + 3))
+    assert all(not run._state.adding for run in runs)
+    assert Run.objects.get(pk=runs[-1].pk).events.count() == 2  # created, then pending: the trigger's
+
+
+@pytest.mark.django_db(transaction=True)  # the insert's own transaction is the outermost
+def test_runs_inserted_in_several_statements_are_all_or_none(make_task) -> None:
+    from django.db import DatabaseError
+
+    from tasks_app.lifecycle import INSERT_BATCH
+
+    task = make_task()
+    requests = [RunRequest(task=task) for _ in range(INSERT_BATCH + 1)]
+    requests[-1].priority = -1  # refused by the database, in the second statement
+
+    with pytest.raises(DatabaseError):  # out of range, or its CHECK
+        submission.submit_many(requests)
+
+    assert not Run.objects.exists()
+
+
 def test_publish_failure_leaves_the_run_pending(
     make_task, django_capture_on_commit_callbacks, caplog
 ) -> None:
