@@ -9,11 +9,18 @@ class Migration(migrations.Migration):
     ]
 
     # run_task first: MariaDB keeps the unique constraint as the task foreign key's index
-    # until another one starts with task_id.
+    # until another one starts with task_id. The key's new constraint is made before the old
+    # one goes (MariaDB's DDL is not transactional): one of them holds all along.
     operations = [
         migrations.AddIndex(
             model_name="run",
             index=models.Index(fields=["task", "id"], name="run_task"),
+        ),
+        migrations.AddConstraint(
+            model_name="run",
+            constraint=models.UniqueConstraint(
+                fields=("idempotency_key", "task"), name="run_unique_idempotency_key"
+            ),
         ),
         migrations.RemoveConstraint(
             model_name="run",
@@ -26,11 +33,5 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="run",
             index=models.Index(fields=["schedule", "id"], name="run_schedule"),
-        ),
-        migrations.AddConstraint(
-            model_name="run",
-            constraint=models.UniqueConstraint(
-                fields=("idempotency_key", "task"), name="run_unique_idempotency_key_per_task"
-            ),
         ),
     ]

@@ -77,7 +77,7 @@ class Run(models.Model):
             # The key first: it also finds a run by its key alone (the admin's search); the
             # task's own lookups have run_task.
             models.UniqueConstraint(
-                fields=["idempotency_key", "task"], name="run_unique_idempotency_key_per_task"
+                fields=["idempotency_key", "task"], name="run_unique_idempotency_key"
             ),
             # Exactly once: however many schedulers run, one run per schedule and instant.
             models.UniqueConstraint(
