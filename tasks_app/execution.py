@@ -108,12 +108,13 @@ def _check_connections_after_idle(**kwargs: Any) -> None:
 def celery_task_for(handler_name: str) -> CeleryTask:
     """The Celery task executing runs of `handler_name`, created once."""
     if handler_name not in _celery_tasks:
-
+        # What a later version's messages may add is ignored (**later): a worker not yet
+        # upgraded still executes them, from the database.
         def entry(
-            self: CeleryTask, run_id: int, message_number: int, run: Any = None, task: Any = None
+            self: CeleryTask, run_id: int, message_number: int, carried: Any = None, **later: Any
         ) -> None:
             outcome = execute(
-                run_id, message_number, hostname=self.request.hostname or "", carried=from_message(run, task)
+                run_id, message_number, hostname=self.request.hostname or "", carried=from_message(carried)
             )
             report_to_celery(outcome)
 
@@ -158,7 +159,7 @@ def execute(run_id: int, message_number: int, *, hostname: str, carried: Run | N
     def claim_it() -> Run:
         nonlocal carried
         if carried is not None:
-            run, carried = carried, None
+            run, carried = carried, None  # once: tried again after a database outage, it reads
             try:
                 claim(run, message_number, hostname)
                 return run

@@ -10,11 +10,12 @@ and converts values with the converters the ORM applies. bench/orm.py on MariaDB
 from __future__ import annotations
 
 import datetime as dt
-import json
+import hashlib
 from typing import Any
 
+from django.core import signing
 from django.db import connections
-from django.db.models import DateTimeField, JSONField, Model
+from django.db.models import DateTimeField, Model
 
 from tasks_app.models import Run, Task
 
@@ -82,72 +83,80 @@ def get_with_task(pk: int, using: str = "default") -> Run:
 # skips its read. The claim (that run still pending under that number) stays the authority on
 # whether the message runs. bench/e2e.py (2026-12-04): the read was 15 % of a pool process's
 # CPU for a no-op run.
+#
+# It travels signed (django.core.signing, SECRET_KEY): one who can write to the broker cannot
+# make a worker run a handler, or inputs, that no one submitted; a message whose signature does
+# not hold is executed from the database, as one that carries nothing. Signed, it is also one
+# opaque string to kombu, whose decoder would turn a user's {"__type__": ...} into an object.
 
 # What the worker and the after-move hook read of a task; any other field loads when read.
 TASK_FIELDS = (
     "id", "name", "handler", "queue", "priority", "max_retries", "retry_backoff", "retry_backoff_max",
     "retry_jitter", "soft_time_limit", "time_limit", "concurrency_policy", "enabled",
 )  # fmt: skip
-_RUN_FIELDS = tuple(field.attname for field in Run._meta.concrete_fields)
+# The claim resets these (a failed run sent again would carry its traceback): not carried.
+_RESET_BY_THE_CLAIM = frozenset({"error", "result", "progress"})
+_RUN_FIELDS = tuple(f.attname for f in Run._meta.concrete_fields if f.attname not in _RESET_BY_THE_CLAIM)
+# Past this (large inputs), the message carries only the run's id: the broker's limits are
+# far above it, and a read costs little beside moving that much.
+CARRIED_MAX_BYTES = 64 * 1024
+_SALT = "tasks_app.run_message"
+# The fields carried, in order: a message of another version's shape is read from the database.
+_SHAPE = hashlib.sha256(repr((_RUN_FIELDS, TASK_FIELDS)).encode()).hexdigest()[:16]
 
 
-def _kinds(model: type[Model], names: tuple[str, ...]) -> dict[str, str]:
+def _times(model: type[Model], names: tuple[str, ...]) -> frozenset[str]:
     fields = {field.attname: field for field in model._meta.concrete_fields}
-    return {
-        name: "json"
-        if isinstance(fields[name], JSONField)
-        else "time"
-        if isinstance(fields[name], DateTimeField)
-        else ""
-        for name in names
+    return frozenset(name for name in names if isinstance(fields[name], DateTimeField))
+
+
+_RUN_TIMES, _TASK_TIMES = _times(Run, _RUN_FIELDS), _times(Task, TASK_FIELDS)
+
+
+def _encode(instance: Model, names: tuple[str, ...], times: frozenset[str]) -> list[Any]:
+    values = [getattr(instance, name) for name in names]
+    return [v.isoformat() if v is not None and n in times else v for n, v in zip(names, values, strict=True)]
+
+
+def _decode(
+    model: type[Model], values: Any, names: tuple[str, ...], times: frozenset[str], using: str
+) -> Any:
+    if not isinstance(values, list) or len(values) != len(names):
+        raise ValueError("another version's fields")
+    decoded = [
+        dt.datetime.fromisoformat(v) if v is not None and n in times else v
+        for n, v in zip(names, values, strict=True)
+    ]
+    return model.from_db(using, list(names), decoded)
+
+
+def carried(run: Run) -> dict[str, str]:
+    """What a message of `run` carries beside its id and message number: {"carried": the run
+    and its task, signed}, or nothing when that would be over CARRIED_MAX_BYTES."""
+    payload = {
+        "shape": _SHAPE,
+        "run": _encode(run, _RUN_FIELDS, _RUN_TIMES),
+        "task": _encode(run.task, TASK_FIELDS, _TASK_TIMES),
     }
+    signed = signing.dumps(payload, salt=_SALT)
+    return {"carried": signed} if len(signed) <= CARRIED_MAX_BYTES else {}
 
 
-_RUN_KINDS, _TASK_KINDS = _kinds(Run, _RUN_FIELDS), _kinds(Task, TASK_FIELDS)
-
-
-def _encode(instance: Model, kinds: dict[str, str]) -> dict[str, Any]:
-    # JSON values travel as JSON text: kombu's decoder would turn a user's {"__type__": ...}
-    # into an object of that type, where the database gives back what was stored.
-    encoded = {}
-    for name, kind in kinds.items():
-        value = getattr(instance, name)
-        if value is not None and kind == "json":
-            value = json.dumps(value)
-        elif value is not None and kind == "time":
-            value = value.isoformat()
-        encoded[name] = value
-    return encoded
-
-
-def _decode(model: type[Model], data: Any, kinds: dict[str, str], using: str) -> Model | None:
-    if not isinstance(data, dict) or data.keys() != kinds.keys():
+def from_message(signed: Any, using: str = "default") -> Run | None:
+    """The run a message carries, with its task; None if it carries none, one whose signature
+    does not hold, or one of another shape (sent by another version): the worker reads the
+    run then."""
+    if not isinstance(signed, str):
         return None
-    values = []
-    for name, kind in kinds.items():
-        value = data[name]
-        if value is not None and kind == "json":
-            value = json.loads(value)
-        elif value is not None and kind == "time":
-            value = dt.datetime.fromisoformat(value)
-        values.append(value)
-    return model.from_db(using, list(kinds), values)
-
-
-def carried(run: Run) -> dict[str, Any]:
-    """What a message of `run` carries beside its id and message number."""
-    return {"run": _encode(run, _RUN_KINDS), "task": _encode(run.task, _TASK_KINDS)}
-
-
-def from_message(run_data: Any, task_data: Any, using: str = "default") -> Run | None:
-    """The run a message carries, with its task; None if it carries none, or one of another
-    shape (sent by another version of the platform): the worker reads the run then."""
     try:
-        run = _decode(Run, run_data, _RUN_KINDS, using)
-        task = _decode(Task, task_data, _TASK_KINDS, using)
-    except (TypeError, ValueError):
+        payload = signing.loads(signed, salt=_SALT)
+        if payload["shape"] != _SHAPE:
+            return None
+        run = _decode(Run, payload["run"], _RUN_FIELDS, _RUN_TIMES, using)
+        task = _decode(Task, payload["task"], TASK_FIELDS, _TASK_TIMES, using)
+    except (signing.BadSignature, KeyError, TypeError, ValueError):
         return None
-    if run is None or task is None or run.task_id != task.pk:
+    if run.task_id != task.pk:
         return None
     run.task = task
     return run

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import time_machine
+from django.core import signing
 from django.db import OperationalError
 from django.utils import timezone
 
@@ -14,6 +15,8 @@ from tasks_app import controls, submission
 from tasks_app.execution import execute, patiently, record_hard_timeout
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, RunLog, Task
+from tasks_app.run_loader import _RUN_FIELDS, from_message
+from tasks_app.run_loader import _SALT as SALT
 
 S = RunState
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -402,7 +405,8 @@ def test_a_message_carries_its_run_and_the_worker_does_not_read_it(make_task, br
     from django.test.utils import CaptureQueriesContext
 
     run, message_kwargs = sent(broker, make_task(), a=1)
-    assert message_kwargs["run"]["id"] == run.pk and message_kwargs["task"]["id"] == run.task_id
+    carried = from_message(message_kwargs["carried"])
+    assert (carried.pk, carried.task.pk, carried.kwargs) == (run.pk, run.task_id, {"a": 1})
 
     with CaptureQueriesContext(connection) as queries:
         assert apply_message(run, message_kwargs) == "SUCCESS"
@@ -461,17 +465,39 @@ def test_a_failed_attempt_is_judged_by_its_task_as_it_is_now(make_task, broker) 
 
 
 def test_a_message_of_another_shape_is_read_from_the_database(make_task, make_run) -> None:
-    from tasks_app.run_loader import from_message
-
     run = make_run(make_task(), S.PENDING)
+    other_shape = signing.dumps({"shape": "another", "run": [run.pk], "task": [run.task_id]}, salt=SALT)
 
-    assert from_message(None, None) is None
-    assert from_message({"id": run.pk}, {"id": run.task_id}) is None  # another version's fields
-    assert (
-        apply_message(run, {"run_id": run.pk, "message_number": 1, "run": {"id": 1}, "task": 7}) == "SUCCESS"
-    )
+    assert from_message(None) is None
+    assert from_message(other_shape) is None  # another version's fields
+    message = {"run_id": run.pk, "message_number": 1, "carried": other_shape, "added_later": 1}
+    assert apply_message(run, message) == "SUCCESS"
     run.refresh_from_db()
     assert run.state == S.COMPLETED
+
+
+def test_a_carried_run_not_signed_with_our_key_runs_the_stored_inputs(make_task, broker) -> None:
+    run, message_kwargs = sent(broker, make_task(), a=1)
+    payload = signing.loads(message_kwargs["carried"], salt=SALT)
+    payload["run"][_RUN_FIELDS.index("kwargs")] = {"a": "forged"}
+    forged = dict(message_kwargs, carried=signing.dumps(payload, key="a forger's key", salt=SALT))
+
+    assert from_message(forged["carried"]) is None
+    assert apply_message(run, forged) == "SUCCESS"
+    run.refresh_from_db()
+    assert run.result["kwargs"] == {"a": 1}  # the stored inputs, not the message's
+
+
+def test_inputs_too_large_to_carry_are_read_from_the_database(make_task, broker) -> None:
+    from tasks_app.run_loader import CARRIED_MAX_BYTES
+
+    big = "x" * CARRIED_MAX_BYTES
+    run, message_kwargs = sent(broker, make_task(), big=big)
+
+    assert "carried" not in message_kwargs
+    assert apply_message(run, message_kwargs) == "SUCCESS"
+    run.refresh_from_db()
+    assert run.result["kwargs"] == {"big": big}
 
 
 def test_a_run_sent_again_by_an_operator_carries_the_row_not_a_stale_copy(
@@ -485,7 +511,8 @@ def test_a_run_sent_again_by_an_operator_carries_the_row_not_a_stale_copy(
 
     assert (stale.attempt, stale.checkpoint, stale.message_number) == (3, {"page": 7}, run.message_number + 1)
     _, message_kwargs = sent(broker, stale)
-    assert (message_kwargs["run"]["attempt"], message_kwargs["run"]["checkpoint"]) == (3, '{"page": 7}')
+    carried = from_message(message_kwargs["carried"])
+    assert (carried.attempt, carried.checkpoint) == (3, {"page": 7})
     assert apply_message(stale, message_kwargs) == "SUCCESS"
     stale.refresh_from_db()
     assert stale.attempt == 4

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from scheduler_site.celery import app
-from tasks_app import controls, submission
+from tasks_app import controls, run_loader, submission
 from tasks_app.lifecycle import RunState
 from tasks_app.models import Run, Task
 from tasks_app.submission import RunRequest
@@ -234,7 +234,8 @@ def test_inspect_shows_the_task_name_and_the_run_and_task_events_are_off(platfor
         assert request["type"] == "builtin.sleep"
         kwargs = request["kwargs"]
         assert (kwargs["run_id"], kwargs["message_number"]) == (run.pk, run.message_number)
-        assert (kwargs["run"]["id"], kwargs["task"]["name"]) == (run.pk, "long-nap")  # carried
+        carried = run_loader.from_message(kwargs["carried"])  # signed with the same SECRET_KEY
+        assert (carried.pk, carried.task.name) == (run.pk, "long-nap")
         (conf,) = app.control.inspect(timeout=1).conf().values()
         assert conf["CELERY_WORKER_SEND_TASK_EVENTS"] is False  # as Celery's own default; -E turns them on
     finally:
