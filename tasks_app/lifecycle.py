@@ -246,9 +246,10 @@ def move(
             with transaction.atomic():
                 if _conditional_update(conditions, fields, increment="message_number"):
                     # Read back while the UPDATE still holds the row lock: the row as this
-                    # message number finds it, which its message carries (run_loader.carried).
+                    # message number finds it, which its message carries (run_loader.carried);
+                    # not refresh_from_db(), which would drop the task the publisher reads.
                     row = Run.objects.get(pk=run.pk)
-                    for field in Run._meta.concrete_fields:  # its task stays cached
+                    for field in Run._meta.concrete_fields:
                         setattr(run, field.attname, getattr(row, field.attname))
                     break
         seen = current

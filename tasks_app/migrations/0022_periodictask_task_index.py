@@ -23,7 +23,7 @@ def remove_index(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tasks_app", "0021_run_list_indexes"),  # another engineer's, in progress: fix if renamed
+        ("tasks_app", "0021_run_list_indexes"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
