@@ -76,9 +76,7 @@ class Run(models.Model):
         constraints = [
             # The key first: it also finds a run by its key alone (the admin's search); the
             # task's own lookups have run_task.
-            models.UniqueConstraint(
-                fields=["idempotency_key", "task"], name="run_unique_idempotency_key"
-            ),
+            models.UniqueConstraint(fields=["idempotency_key", "task"], name="run_unique_idempotency_key"),
             # Exactly once: however many schedulers run, one run per schedule and instant.
             models.UniqueConstraint(
                 fields=["schedule", "scheduled_for"], name="run_one_per_schedule_instant"
