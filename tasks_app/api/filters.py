@@ -40,7 +40,7 @@ class RunFilter(django_filters.FilterSet):
     state = django_filters.MultipleChoiceFilter(choices=RunState.choices, distinct=False)  # run_state
     created_after = UtcDateTimeFilter(method="filter_created_after")  # PRIMARY, bounded by run_created_at
     created_before = UtcDateTimeFilter(method="filter_created_before")  # PRIMARY, bounded by run_created_at
-    schedule = django_filters.NumberFilter(field_name="schedule_id")  # run_schedule
+    schedule = django_filters.NumberFilter(field_name="schedule_id")  # run_schedule (PRIMARY if dense)
     workflow_run = django_filters.NumberFilter(field_name="workflow_run_id")  # run_workflow_step
 
     class Meta:
