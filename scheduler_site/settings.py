@@ -304,8 +304,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_PUBLISH_RETRY = True
 # Task events (what Flower and `celery events` read) are off, as in Celery: three broker
-# publishes per run, in the worker's main process, which also feeds its pool. With them on,
-# the no-op throughput of bench/e2e.py fell by a third (issue 14's note); `-E` turns them on too.
+# publishes per run, in the worker's main process, which also feeds its pool. With them on, a
+# worker finished no-op runs about a sixth slower (docs/configuration.md); `-E` turns them on too.
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_TASK_EVENTS", False)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
