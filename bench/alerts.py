@@ -46,6 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, ROOT, ensure_database, platform_env, run_columns, truncate, write_results
+from bench.common import explain as explain_sql
 from bench.scheduler import percentile
 
 HOST = "bench@host"
@@ -426,29 +427,23 @@ def shape(sql: str) -> str:
 
 def explain(kept: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     """EXPLAIN each distinct SELECT of `kept`: per table, the access type, key and rows."""
-    from django.db import connection
-
     seen: dict[str, tuple[str, Any]] = {}
     for sql, params in kept:
         if sql.lstrip().upper().startswith("SELECT") and shape(sql) not in seen:
             seen[shape(sql)] = (sql, params)
     plans = []
-    with connection.cursor() as cursor:
-        for folded, (sql, params) in seen.items():
-            cursor.execute("EXPLAIN " + sql, params)
-            columns = [column[0] for column in cursor.description]
-            rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-            where = folded.split(" WHERE ", 1)[1] if " WHERE " in folded else ""
-            table = re.search(r"FROM `(\w+)`", folded)
-            plans.append(
-                {
-                    "query": f"{table.group(1) if table else '?'}: {where}"[:300],
-                    "plan": [
-                        {k: row[k] for k in ("table", "type", "key", "rows", "Extra") if k in row}
-                        for row in rows
-                    ],
-                }
-            )
+    for folded, (sql, params) in seen.items():
+        where = folded.split(" WHERE ", 1)[1] if " WHERE " in folded else ""
+        table = re.search(r"FROM `(\w+)`", folded)
+        plans.append(
+            {
+                "query": f"{table.group(1) if table else '?'}: {where}"[:300],
+                "plan": [
+                    {k: row[k] for k in ("table", "type", "key", "rows", "Extra") if k in row}
+                    for row in explain_sql(sql, params)
+                ],
+            }
+        )
     return plans
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +66,25 @@ def truncate(tables: tuple[str, ...]) -> None:
         cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
 
 
+# A failed run's error, as the benches' INSERT ... SELECT of runs write it (run_columns):
+# `st` is the selected state, `seq` the sequence number.
+FAILED_ERROR = (
+    "IF(st = 'failed', JSON_OBJECT('type', 'ConnectionError', 'message', "
+    "CONCAT('refused by host ', MOD(seq, 7)), 'traceback', ''), NULL)",
+    [],
+)
+
+
+def explain(sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """MariaDB's EXPLAIN of `sql`: a row per table read, by column name."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        columns = [column[0] for column in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
 def run_columns(given: dict[str, tuple[str, list[Any]]]) -> tuple[list[str], list[str], list[Any]]:
     """The runs table's columns, the SQL of each value and their parameters, for an
     INSERT ... SELECT: `given` (field name -> (SQL, params)) where it says, else the model's
@@ -105,6 +126,16 @@ def cpu_seconds(pid: int) -> dict[str, float]:
 
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return {"main": of(pid), "pool": sum(of(int(child)) for child in children)}
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """Stop a worker started in a session of its own: warm shutdown, then a kill after 30 s."""
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:

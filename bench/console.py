@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, ensure_database, platform_env, run_columns, truncate, write_results
+from bench.common import (
+    FAILED_ERROR,
+    RESULTS,
+    ensure_database,
+    explain,
+    platform_env,
+    run_columns,
+    truncate,
+    write_results,
+)
 
 TASKS = 20
 SPAN = dt.timedelta(days=7)
@@ -90,11 +99,7 @@ def populate(runs: int, now: dt.datetime) -> dict[str, Any]:
         "finished_at": ("fin", []),
         "state_changed_at": ("fin", []),
         "state_reason": ("'bench'", []),
-        "error": (
-            "IF(st = 'failed', JSON_OBJECT('type', 'ConnectionError', 'message', "
-            "CONCAT('refused by host ', MOD(seq, 7)), 'traceback', ''), NULL)",
-            [],
-        ),
+        "error": FAILED_ERROR,
     }
     columns, values, params = run_columns(given)
     at = connection.ops.adapt_datetimefield_value(now)
@@ -253,21 +258,16 @@ def totals_match(now: dt.datetime) -> dict[str, Any]:
 
 
 def explain_rollup_read(now: dt.datetime) -> list[dict[str, Any]]:
-    from django.db import connection
-
     from tasks_app import rollups
     from tasks_app.models import RunRollup
 
     plans = []
     for name, window in rollups.WINDOWS.items():
         query = RunRollup.objects.filter(grain=window.grain, bucket__gte=now - window.span)
-        sql, params = query.query.sql_with_params()
-        with connection.cursor() as cursor:
-            cursor.execute("EXPLAIN " + sql, params)
-            columns = [c[0] for c in cursor.description]
-            for row in cursor.fetchall():
-                plan = dict(zip(columns, row, strict=True))
-                plans.append({"window": name, "key": plan.get("key"), "rows": plan.get("rows")})
+        plans += [
+            {"window": name, "key": plan.get("key"), "rows": plan.get("rows")}
+            for plan in explain(*query.query.sql_with_params())
+        ]
     return plans
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from bench.common import (
     ROOT,
     cpu_seconds,
     ensure_database,
+    stop_worker,
     wait_until,
     write_results,
 )
@@ -114,12 +114,7 @@ def run_scenario(scenario: str, runs: int) -> dict[str, Any]:
         }
         return figures
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_worker(worker)
 
 
 def main() -> None:

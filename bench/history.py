@@ -43,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, ensure_database, platform_env, run_columns, truncate, write_results
+from bench.common import (
+    FAILED_ERROR,
+    RESULTS,
+    ensure_database,
+    explain,
+    platform_env,
+    run_columns,
+    truncate,
+    write_results,
+)
 
 TASKS = 20  # the last one rare: a run in 1,000
 SCHEDULES = 50
@@ -161,11 +170,7 @@ def populate(runs: int, now: dt.datetime) -> dict[str, Any]:
             "state_reason": ("'submitted'", []),
             "state_actor": ("'user'", []),
             "state_actor_name": ("'bench'", []),
-            "error": (
-                "IF(st = 'failed', JSON_OBJECT('type', 'ConnectionError', 'message', "
-                "CONCAT('refused by host ', MOD(seq, 7)), 'traceback', ''), NULL)",
-                [],
-            ),
+            "error": FAILED_ERROR,
         }
         columns, values, params = run_columns(given)
         moves = (
@@ -534,11 +539,7 @@ def explain_lists(made: dict[str, Any], now: dt.datetime) -> list[dict[str, Any]
             sql = query["sql"]
             if "tasks_app_run" not in sql or not sql.startswith("SELECT"):
                 continue
-            with connection.cursor() as cursor:
-                cursor.execute("EXPLAIN " + sql)
-                columns = [c[0] for c in cursor.description]
-                rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-            for row in rows:
+            for row in explain(sql):
                 if row["table"] in ("tasks_app_run", "tasks_app_runevent"):
                     plans.append({
                         "request": name,

@@ -85,6 +85,22 @@ def _reset(size: int) -> Any:
     return Task.objects.get_or_create(name="bench-tick", defaults={"handler": "builtin.noop"})[0]
 
 
+def started_and_idle() -> tuple[Any, float, float]:
+    """The platform's scheduler as beat starts it: (it, seconds to construct it and tick once,
+    ms of CPU of one tick of its own when nothing is due, the mean of 20)."""
+    from scheduler_site.celery import app
+    from tasks_app.scheduling import PlatformScheduler
+
+    started = time.perf_counter()
+    scheduler = PlatformScheduler(app=app)
+    scheduler.tick()
+    start_s = time.perf_counter() - started
+    cpu = time.process_time()
+    for _ in range(20):
+        scheduler.platform_tick()
+    return scheduler, start_s, (time.process_time() - cpu) / 20 * 1000
+
+
 def platform(size: int) -> dict[str, Any]:
     import django
 
@@ -92,9 +108,7 @@ def platform(size: int) -> dict[str, Any]:
     import redis
     from django.utils import timezone
 
-    from scheduler_site.celery import app
     from tasks_app.models import Run, Schedule
-    from tasks_app.scheduling import PlatformScheduler
 
     broker = redis.Redis.from_url(BROKER_URL)
     task = _reset(size)
@@ -103,15 +117,7 @@ def platform(size: int) -> dict[str, Any]:
         [Schedule(task=task, cron="* * * * *", next_fire_at=later) for _ in range(size)], batch_size=5000
     )
 
-    started = time.perf_counter()
-    scheduler = PlatformScheduler(app=app)
-    scheduler.tick()
-    start_s = time.perf_counter() - started
-
-    cpu = time.process_time()
-    for _ in range(20):
-        scheduler.platform_tick()
-    tick_cpu_ms = (time.process_time() - cpu) / 20 * 1000
+    scheduler, start_s, tick_cpu_ms = started_and_idle()
 
     # Every schedule due at once.
     Schedule.objects.update(next_fire_at=timezone.now().replace(second=0, microsecond=0))
@@ -177,9 +183,7 @@ def large(size: int) -> dict[str, Any]:
     from django.utils import timezone
     from django_celery_beat.models import CrontabSchedule
 
-    from scheduler_site.celery import app
     from tasks_app.definitions import MIRROR_TASK
-    from tasks_app.scheduling import PlatformScheduler
 
     task = _reset(size)
     every_minute = CrontabSchedule.objects.create(minute="*", hour="*", timezone="UTC")  # as mirror() makes
@@ -213,15 +217,7 @@ def large(size: int) -> dict[str, Any]:
     load_s = time.perf_counter() - started
     connection.close()  # the scheduler starts as beat does, on a connection of its own
 
-    started = time.perf_counter()
-    scheduler = PlatformScheduler(app=app)
-    scheduler.tick()
-    start_s = time.perf_counter() - started
-
-    cpu = time.process_time()
-    for _ in range(20):
-        scheduler.platform_tick()
-    tick_cpu_ms = (time.process_time() - cpu) / 20 * 1000
+    scheduler, start_s, tick_cpu_ms = started_and_idle()
     cpu = time.process_time()
     for _ in range(20):
         scheduler.tick()  # beat's whole tick: django-celery-beat's part too

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, wait_until, write_results
+from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, stop_worker, wait_until, write_results
 from bench.common import probe as bench_probe
 from bench.e2e import CONCURRENCY, LOGLEVEL, env_for, prepare
 
@@ -160,12 +159,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, cursor: Any) -> dict[s
         figures = json.loads(done.stdout.strip().splitlines()[-1])
         after = global_connections(cursor)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_worker(worker)
     opened = sorted(member.decode() for member in broker.smembers(CONNECTIONS_KEY))
     by_pid: dict[str, int] = {}
     for member in opened:
