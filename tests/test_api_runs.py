@@ -356,6 +356,19 @@ def test_one_run_its_events_and_its_logs(api, task, make_run) -> None:
     assert set(logs.data["results"][0]) == {"at", "level", "message"}
 
 
+def test_a_run_reads_the_same_in_its_page_the_list_and_a_control(api, task, make_run) -> None:
+    run = make_run(task, S.PENDING, kwargs={"x": 1})
+
+    one = api.get(f"{URL}{run.pk}/").data
+    listed = api.get(URL).data["results"][0]
+    paused = api.post(f"{URL}{run.pk}/pause/").data
+
+    assert one == listed
+    assert RUN_FIELDS <= set(one) and (one["task"], one["kwargs"]) == ("noop", {"x": 1})
+    assert (one["state"], paused["state"]) == ("pending", "paused")
+    assert {k: v for k, v in paused.items() if k != "state"} == {k: v for k, v in one.items() if k != "state"}
+
+
 @pytest.mark.parametrize("suffix", ["", "events/", "logs/", "cancel/"])
 def test_unknown_run_is_a_404(api, suffix) -> None:
     method = api.post if suffix == "cancel/" else api.get

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
@@ -148,6 +149,18 @@ class RunSerializer(serializers.ModelSerializer):
     def get_lateness(self, run: Run) -> float | None:
         """Seconds between the instant a schedule meant and the run's creation."""
         return run.lateness.total_seconds() if run.lateness is not None else None
+
+
+def run_data(run: Run) -> dict[str, Any]:
+    """One run as RunSerializer shows it, through fields built once per process. Building a
+    ModelSerializer's fields is 0.35 ms of the 0.47 ms that `RunSerializer(run).data` takes, and
+    a submit answers with one run (bench/api.py). None of its fields reads the context."""
+    return _run_shape().to_representation(run)
+
+
+@functools.cache
+def _run_shape() -> RunSerializer:
+    return RunSerializer()
 
 
 class RunEventSerializer(serializers.ModelSerializer):

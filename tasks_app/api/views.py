@@ -46,6 +46,7 @@ from tasks_app.api.serializers import (
     WorkflowRunSerializer,
     WorkflowSerializer,
     request_of,
+    run_data,
 )
 from tasks_app.api.throttles import SubmitThrottle
 from tasks_app.api.versions import VersionedEdits
@@ -145,6 +146,9 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             return Run.objects.prefetch_related("task")
         return Run.objects.select_related("task")
 
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(run_data(self.get_object()))
+
     @extend_schema(
         request=RunSubmitSerializer,
         responses={201: RunSerializer, 200: RunSerializer},
@@ -171,9 +175,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         submission.ensure_enabled(run_request.task)  # before the throttle counts it
         SubmitThrottle().take(request, 1)
         run, created = submission.submit(run_request, by=actor_name(request))
-        return Response(
-            RunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        )
+        return Response(run_data(run), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(
         request=BulkSubmitSerializer,
@@ -236,7 +238,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         run = self.get_object()
         control(run, by=actor_name(request))
         run.refresh_from_db()
-        return Response(RunSerializer(run).data)
+        return Response(run_data(run))
 
     @extend_schema(request=None, responses=RunSerializer)
     @action(detail=True, methods=["post"])
