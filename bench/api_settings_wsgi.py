@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import os
 
-from django.core.wsgi import get_wsgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.api_settings")
 
-application = get_wsgi_application()
+# The platform's WSGI module, as gunicorn serves it (with bench.api_settings).
+from scheduler_site.wsgi import application
+
+__all__ = ["application"]

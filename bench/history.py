@@ -11,7 +11,9 @@ and pruning a million of them while submissions go on.
    2 % cancelled, 2 % skipped, a paused run in 100,000 spread over the history, the newest
    100 running and 100 pending. Timed per million; then checks, on a sample, that every run
    has its events.
-2. Times, in-process through Django's test client (token-authenticated, as a client is),
+2. Times, in-process through Django's test client (token-authenticated, as a client is; the
+   app loaded through scheduler_site/wsgi.py, as gunicorn loads it, and the pauses of full
+   garbage collections recorded),
    `--requests` times each after two warm-ups (p50, p99, max, queries): GET /api/v1/runs/,
    its filters (task, state, schedule, workflow_run, created_after/created_before), pages 2..5
    through the cursor's `next`, a run's page and its /events/ (runs picked across the
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import random
@@ -89,6 +92,25 @@ def figures_of(times: list[float], **extra: Any) -> dict[str, Any]:
         "max_ms": round(max(times), 1),
         **extra,
     }
+
+
+class FullCollections:
+    """The pauses of the garbage collector's full collections (ms), as a request sees them."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+
+    def observe(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(round((time.perf_counter() - self._started) * 1000, 1))
+
+
+full_collections = FullCollections()
 
 
 # --- 1. the history ---------------------------------------------------------------------
@@ -602,8 +624,16 @@ def main() -> None:
     events = check_events()
     print(f"  events: {events}", flush=True)
     figures: dict[str, Any] = {"populate": made, "events": events}
+    # Loaded as gunicorn loads it, which freezes what loading left out of the collector's way:
+    # without that, a full collection of this process (Django's test client leaves 3 objects
+    # behind a request) paused the request it fell in by 90-120 ms.
+    import scheduler_site.wsgi  # noqa: F401
+
+    gc.callbacks.append(full_collections.observe)
     figures["api"] = time_api(args.requests, made, now)
     figures["admin"] = time_admin(args.requests, made)
+    gc.callbacks.remove(full_collections.observe)
+    figures["full_collections_ms"] = full_collections.pauses
     figures["explain"] = explain_lists(made, now)
     if args.prune:
         figures["prune"] = prune_under_submissions(min(args.prune, args.runs // 2), args.idle)
@@ -616,6 +646,7 @@ def main() -> None:
         "load_s_per_million": made.get("s_per_million"),
         "api_p99_ms": {k: v["p99_ms"] for k, v in figures["api"].items()},
         "admin_p99_ms": {k: v["p99_ms"] for k, v in figures["admin"].items()},
+        "full_collections_ms": figures["full_collections_ms"],
         "prune": {k: figures["prune"][k] for k in ("deleted", "prune_s", "p99_ratio")}
         if args.prune
         else None,
