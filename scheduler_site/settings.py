@@ -279,14 +279,19 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # message still being worked on would be delivered a second time.
 RUN_MAX_DURATION = env_number("RUN_MAX_DURATION", 3600, minimum=1)
 
-CELERY_BROKER_URL = REDIS_URL
+# The broker: Redis (REDIS_URL, the default) or RabbitMQ (amqp://...). Redis keeps the locks,
+# the cache and the metrics whichever carries the messages.
+BROKER_URL = env_str("BROKER_URL", REDIS_URL)
+BROKER_SCHEME = BROKER_URL.partition("://")[0].lower()
+if BROKER_SCHEME not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
+    raise ImproperlyConfigured(
+        f"BROKER_URL must name Redis (redis://) or RabbitMQ (amqp://), got {BROKER_SCHEME + '://'!r}"
+    )
+BROKER_IS_REDIS = BROKER_SCHEME in ("redis", "rediss")
+
+CELERY_BROKER_URL = BROKER_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "global_keyprefix": BROKER_KEY_PREFIX,
-    "visibility_timeout": int(RUN_MAX_DURATION * 2),
-    # Ten priority levels (kombu's Redis transport: 0 is served first).
-    "priority_steps": list(range(10)),
-    "queue_order_strategy": "priority",
     # Bound how long a publish waits for an unreachable broker (kombu's default retries
     # forever): the run is already committed as pending and is sent again later.
     "max_retries": 3,
@@ -294,6 +299,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
+if BROKER_IS_REDIS:
+    CELERY_BROKER_TRANSPORT_OPTIONS |= {
+        "global_keyprefix": BROKER_KEY_PREFIX,
+        "visibility_timeout": int(RUN_MAX_DURATION * 2),
+        # Ten priority levels (kombu's Redis transport: 0 is served first).
+        "priority_steps": list(range(10)),
+        "queue_order_strategy": "priority",
+    }
+else:
+    # Every queue is declared with ten priority levels (x-max-priority; RabbitMQ serves 9
+    # first). Celery's queues are durable and its messages persistent by default.
+    CELERY_TASK_QUEUE_MAX_PRIORITY = 9
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from amqp.exceptions import NotFound
 from celery import current_app
 from django.conf import settings
 from django.utils import timezone
@@ -76,6 +77,12 @@ def time_limits(task: Any) -> tuple[float | None, float]:
     return soft, hard
 
 
+def message_priority(priority: int) -> int:
+    """The message's priority for a run's (our API's 9 is the most urgent): RabbitMQ serves
+    the highest first, kombu's Redis transport 0 first."""
+    return PRIORITY_MAX - priority if settings.BROKER_IS_REDIS else priority
+
+
 def _send(app: Any, producer: Any, run: Run) -> None:
     task = run.task
     soft, hard = time_limits(task)
@@ -87,8 +94,7 @@ def _send(app: Any, producer: Any, run: Run) -> None:
         task_id=run.message_id,
         shadow=task.name,  # the name the worker log, Flower and `celery inspect` show
         queue=task.queue,
-        # kombu's Redis transport serves 0 first; our API's 9 is the most urgent.
-        priority=PRIORITY_MAX - run.priority,
+        priority=message_priority(run.priority),
         soft_time_limit=soft,
         time_limit=hard,
         producer=producer,
@@ -100,16 +106,31 @@ def _send(app: Any, producer: Any, run: Run) -> None:
 LENGTH_TIMEOUT = 1.0
 
 
+def ping() -> None:
+    """Raise unless the broker takes a connection within LENGTH_TIMEOUT."""
+    timeouts = {"socket_timeout": LENGTH_TIMEOUT, "socket_connect_timeout": LENGTH_TIMEOUT}
+    with current_app.connection_for_read(transport_options=timeouts) as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+
+
 def queue_length(queue: str) -> int:
     """Messages waiting in `queue`, every priority counted, as the broker reports them; raises
     if it does not answer within LENGTH_TIMEOUT."""
     timeouts = {"socket_timeout": LENGTH_TIMEOUT, "socket_connect_timeout": LENGTH_TIMEOUT}
     with current_app.connection_for_read(transport_options=timeouts) as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
-        # Not passive: kombu's Redis transport checks a passive declare against unprefixed
-        # keys (EXISTS is not among the commands it prefixes), so it finds no queue at all.
-        declared = connection.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False)
-        return declared.message_count
+        channel = connection.default_channel
+        if settings.BROKER_IS_REDIS:
+            # Not passive: kombu's Redis transport checks a passive declare against unprefixed
+            # keys (EXISTS is not among the commands it prefixes), so it finds no queue at all.
+            return channel.queue_declare(queue=queue, durable=True, auto_delete=False).message_count
+        # Passive on RabbitMQ: a declare with other arguments than the queue's (its
+        # x-max-priority) is refused. Ready messages only: a consumer's unacknowledged ones are
+        # in its worker's heartbeat, and back in the queue if its connection drops.
+        try:
+            return channel.queue_declare(queue=queue, passive=True).message_count
+        except NotFound:  # no such queue (yet): nothing waits in it
+            return 0
 
 
 def queue_lengths(queues: Iterable[str]) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -29,8 +30,8 @@ from rest_framework.permissions import BasePermission
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 
+from tasks_app import broker, redis_client
 from tasks_app import metrics as platform_metrics
-from tasks_app import redis_client
 from tasks_app.api.permissions import requires
 
 
@@ -39,7 +40,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    checks = {"database": _check_database(), "broker": _check_broker()}
+    checks = {"database": _check_database(), "broker": _check(redis_client.ping)}
+    if not settings.BROKER_IS_REDIS:  # Redis keeps the locks; RabbitMQ carries the messages
+        checks |= {"broker": _check(broker.ping), "redis": checks["broker"]}
     ready = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503)
 
@@ -53,9 +56,9 @@ def _check_database() -> str:
         return f"error: {type(exc).__name__}"
 
 
-def _check_broker() -> str:
+def _check(ping: Callable[[], None]) -> str:
     try:
-        redis_client.ping()
+        ping()
         return "ok"
     except Exception as exc:
         return f"error: {type(exc).__name__}"

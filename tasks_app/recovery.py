@@ -5,10 +5,12 @@
   outcome), moves on: to `retrying` while retries remain, else `failed` with the
   reason "worker lost". A run whose worker was lost RUN_MAX_DELIVERIES times fails
   whatever its retries: it may be what kills them.
-- A `pending` run whose message the broker lost (a Redis restart or flush: its queue
-  is empty and no worker holds its message, yet it has waited PENDING_RESEND_AFTER) is
-  marked due, and scheduling.send_due_runs() sends it again under its next message
-  number, so it still runs once.
+- A `pending` run whose message is nowhere (its queue is empty as the broker counts it,
+  no online worker's heartbeat lists the message as received, and it has waited
+  PENDING_RESEND_AFTER: a Redis flushed, a broker that lost what it had not written, a
+  worker killed holding it) is marked due, and scheduling.send_due_runs() sends it again
+  under its next message number, so it still runs once. Nothing here reads a transport's
+  own keys: the same sweep serves Redis and RabbitMQ.
 - A running workflow run with no step in flight is advanced again: the advance after
   its last step's move was lost with a process or the database.
 """
@@ -16,15 +18,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-from typing import Any
 
 from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from tasks_app import broker, execution, redis_client, workers, workflows
+from tasks_app import broker, execution, workers, workflows
 from tasks_app.choices import RunState, WorkflowState
 from tasks_app.lifecycle import InvalidTransition
 from tasks_app.models import Run, WorkflowRun
@@ -121,7 +121,11 @@ def resend_lost_messages(now: dt.datetime | None = None) -> int:
     empty = [q for q in queues if not broker.queue_length(q)]
     if not empty:
         return 0
-    held = _unacknowledged_ids(redis_client.client())  # delivered to a worker, maybe a dead one: not lost
+    # Taken by a worker that is alive: it runs them when a process is free. (One taken since its
+    # last heartbeat may be sent again: its old message number then claims nothing.)
+    held = workers.held_messages(list(workers.online_workers(now)))
+    if held is None:
+        return 0  # a worker that does not say what it holds: judge nothing for now
     ids = [
         pk
         for pk, message_number in stale.filter(task__queue__in=empty).values_list("pk", "message_number")[
@@ -133,14 +137,3 @@ def resend_lost_messages(now: dt.datetime | None = None) -> int:
     if marked:
         logger.warning("%d pending run(s) lost their message in the broker: sending them again", marked)
     return marked
-
-
-def _unacknowledged_ids(client: Any) -> set[str]:
-    """Ids of the messages kombu's Redis transport has delivered and not yet seen acknowledged."""
-    ids = set()
-    for raw in client.hvals(settings.BROKER_KEY_PREFIX + "unacked"):
-        try:
-            ids.add(json.loads(raw)[0]["headers"]["id"])
-        except (ValueError, LookupError, TypeError):
-            continue
-    return ids

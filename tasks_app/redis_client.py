@@ -1,5 +1,5 @@
-"""The one Redis client of the platform's own code: concurrency locks, the lost-message
-sweep's look at the broker, and the readiness check. (Celery and the cache open their own.)"""
+"""The one Redis client of the platform's own code: concurrency locks, the alert rules'
+version, and the readiness check. (Celery, the cache and the metrics open their own.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The worker registry: every worker records itself when ready and heartbeats from a thread
-of its main process, listing the messages it executes and the handlers it has; it is offline after
+of its main process, listing the messages it executes and holds and the handlers it has; it is offline after
 WORKER_MISSED_HEARTBEATS missed beats (Worker.online). recovery.py judges runs by it. The worker's
 main process also sweeps its event loop's cancelled timers (purge_cancelled_timers).
 """
@@ -50,6 +50,7 @@ def record_worker(
     queues: list[str],
     concurrency: int,
     executing: list[str] | None = None,
+    held: list[str] | None = None,
     handler_names: list[str] | None = None,
     now: dt.datetime | None = None,
 ) -> None:
@@ -64,6 +65,7 @@ def record_worker(
         "version": celery.__version__,
         "last_heartbeat": now,
         "executing": executing,
+        "held": held,
     }
     Worker.objects.update_or_create(
         hostname=hostname,
@@ -86,7 +88,12 @@ def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
                 # The time first: whatever started before it is in the list that follows.
                 now = timezone.now()
                 record_worker(
-                    hostname, queues=queues, concurrency=concurrency, executing=_executing(), now=now
+                    hostname,
+                    queues=queues,
+                    concurrency=concurrency,
+                    executing=_ids(worker_state.active_requests),
+                    held=_ids(worker_state.reserved_requests),
+                    now=now,
                 )
             except (OperationalError, InterfaceError) as exc:
                 logger.warning("worker heartbeat failed: database unreachable: %s", exc)
@@ -101,11 +108,12 @@ def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
         hub.call_repeatedly(TIMER_PURGE_INTERVAL, purge_cancelled_timers, hub.timer)
 
 
-def _executing() -> list[str]:
-    """Ids of the messages this worker's pool is executing (read from the heartbeat thread)."""
+def _ids(requests: Any) -> list[str]:
+    """Ids of Celery's `requests` (a set of this worker's: those executing, or all received and
+    not finished), read from the heartbeat thread while the main thread changes it."""
     while True:
         try:
-            return sorted(request.id for request in list(worker_state.active_requests))
+            return sorted(request.id for request in list(requests))
         except RuntimeError:  # the set changed while it was copied: copy again
             continue
 
@@ -132,6 +140,17 @@ def online_serving(queue: str, handler: str, online: list[Worker] | None = None)
 def online_workers(now: dt.datetime | None = None) -> Any:
     """The workers online at `now` (a QuerySet)."""
     return Worker.objects.filter(stopped_at__isnull=True, last_heartbeat__gt=Worker.online_since(now))
+
+
+def held_messages(online: list[Worker]) -> set[str] | None:
+    """Ids of the messages the `online` workers hold (received, not finished), or None when one
+    of them does not say which (a worker of an older version)."""
+    held: set[str] = set()
+    for worker in online:
+        if worker.held is None:
+            return None
+        held.update(worker.held)
+    return held
 
 
 def known_queues(online: list[Worker]) -> set[str]:

@@ -113,6 +113,25 @@ def test_readyz_is_503_when_the_broker_is_unreachable(client, db, settings) -> N
     assert response.json()["database"] == "ok"
 
 
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "broker"), [(RABBITMQ, "ok"), ("amqp://guest:guest@127.0.0.1:1//", "error")]
+)
+def test_readyz_on_rabbitmq_checks_the_broker_and_redis_apart(
+    client, db, settings, monkeypatch, broker_url, broker
+) -> None:
+    from scheduler_site.celery import app
+
+    settings.BROKER_IS_REDIS = False
+    monkeypatch.setattr(app.conf, "broker_url", broker_url)
+    response = client.get("/readyz")
+    assert response.status_code == (200 if broker == "ok" else 503)
+    assert response.json()["broker"].startswith(broker)
+    assert (response.json()["database"], response.json()["redis"]) == ("ok", "ok")
+
+
 def test_database_errors_become_503_not_500() -> None:
     response = exception_handler(OperationalError(2003, "Can't connect"), {})
     assert response.status_code == 503

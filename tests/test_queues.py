@@ -67,8 +67,9 @@ def test_broker_cache_and_locks_keep_their_keys_under_their_own_prefixes(
 def test_the_lost_message_sweep_reads_only_its_own_queues_keys(make_task, make_run, broker, queue) -> None:
     task = make_task(queue=queue)
     run = make_run(task, S.PENDING, message_number=1, state_changed_at=NOW - dt.timedelta(minutes=5))
-    # What kombu keeps beside the queues: a message delivered and not yet acknowledged.
-    broker.hset(broker_key("unacked"), "tag", json.dumps([{"headers": {"id": "1.1"}}, "", "default"]))
+    # What kombu keeps beside the queues, a message delivered and not yet acknowledged, is
+    # not the sweep's to read (it is Redis's alone): no worker's heartbeat holds this run.
+    broker.hset(broker_key("unacked"), "tag", json.dumps([{"headers": {"id": f"{run.pk}.1"}}, "", queue]))
     broker.zadd(broker_key("unacked_index"), {"tag": 1.0})
     broker.lpush(broker_key("default"), b"{}")  # another queue's backlog does not hold this one up
 
@@ -112,3 +113,34 @@ def test_a_redis_error_reaches_no_client_as_a_500(broker) -> None:
     response = exception_handler(wrongtype.value, {})
     assert response is not None and response.status_code == 503
     assert "WRONGTYPE" not in str(response.data)
+
+
+def test_queue_length_on_rabbitmq_counts_the_waiting_messages_of_every_priority(
+    settings, monkeypatch
+) -> None:
+    import kombu
+
+    from scheduler_site.celery import app
+
+    url = "amqp://guest:guest@127.0.0.1:5672//"
+    settings.BROKER_IS_REDIS = False
+    monkeypatch.setattr(app.conf, "broker_url", url)
+    queue = kombu.Queue(
+        "length-check", queue_arguments={"x-max-priority": 9}, durable=False, auto_delete=True
+    )
+    with kombu.Connection(url) as connection:
+        channel = connection.channel()
+        bound = queue(channel)
+        bound.declare()
+        bound.purge()
+        producer = kombu.Producer(channel, routing_key="length-check")
+        for priority in (0, 9, 5):
+            producer.publish({"n": priority}, priority=priority)
+        try:
+            assert tasks_app.broker.queue_length("length-check") == 3
+            assert tasks_app.broker.queue_length("no-such-queue") == 0  # passive: nothing declared
+        finally:
+            bound.delete()
+    assert tasks_app.broker.message_priority(9) == 9  # RabbitMQ serves the highest first
+    settings.BROKER_IS_REDIS = True
+    assert tasks_app.broker.message_priority(9) == 0  # kombu's Redis transport serves 0 first

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 import time_machine
@@ -154,22 +153,26 @@ def test_nothing_is_sent_again_while_the_queue_has_messages_or_a_worker_holds_it
     with time_machine.travel(NOW, tick=False):
         assert resend_lost_messages() == 0
     broker.delete(broker_key("default"))
-    broker.hset(broker_key("unacked"), "tag", json.dumps([{"headers": {"id": f"{run.pk}.1"}}, "", "default"]))
     with time_machine.travel(NOW, tick=False):
+        # Received by a worker that is alive (its heartbeat says so), waiting for a free process.
+        record_worker("w1@host", queues=["default"], concurrency=1, executing=[], held=[f"{run.pk}.1"])
+        assert resend_lost_messages() == 0
+        # A worker that does not say what it holds (an older version): nothing is judged.
+        record_worker("w1@host", queues=["default"], concurrency=1, executing=[], held=None)
         assert resend_lost_messages() == 0
     assert Run.objects.get(pk=run.pk).message_number == 1
 
 
-def test_a_dead_workers_unacknowledged_messages_hold_back_only_their_own_runs(
+def test_what_a_worker_gone_offline_held_is_sent_again_and_only_that(
     make_task, make_run, broker, django_capture_on_commit_callbacks
 ) -> None:
     task = make_task()
     held = make_run(task, S.PENDING, message_number=1, state_changed_at=ago(60))
     lost = make_run(task, S.PENDING, message_number=3, state_changed_at=ago(60))
-    # kombu keeps a delivered message in "unacked" until acknowledged; a killed worker's stay there.
-    for message_id in (f"{held.pk}.1", f"{lost.pk}.2"):
-        message = json.dumps([{"headers": {"id": message_id}}, "", "default"])
-        broker.hset(broker_key("unacked"), message_id, message)
+    with time_machine.travel(ago(30), tick=False):  # its last heartbeat, long before NOW
+        record_worker("dead@host", queues=["default"], concurrency=1, executing=[], held=[f"{lost.pk}.3"])
+    with time_machine.travel(NOW, tick=False):
+        record_worker("w1@host", queues=["default"], concurrency=1, executing=[], held=[f"{held.pk}.1"])
 
     with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
         assert resend_lost_messages() == 1

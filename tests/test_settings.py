@@ -170,6 +170,33 @@ def test_check_deploy_passes_with_production_settings() -> None:
     assert "no issues" in checked.stdout
 
 
+@pytest.mark.parametrize("url", ["kafka://127.0.0.1:9092", "127.0.0.1:6379", "sqs://"])
+def test_a_broker_url_of_neither_redis_nor_rabbitmq_refuses_to_start(url) -> None:
+    done = load_settings(BROKER_URL=url)
+    assert done.returncode != 0
+    assert "BROKER_URL must name Redis (redis://) or RabbitMQ (amqp://)" in done.stderr
+
+
+def test_the_broker_is_redis_unless_broker_url_names_rabbitmq() -> None:
+    show = (
+        "from django.conf import settings as s; print(s.CELERY_BROKER_URL, s.BROKER_IS_REDIS, "
+        "getattr(s, 'CELERY_TASK_QUEUE_MAX_PRIORITY', None), "
+        "'global_keyprefix' in s.CELERY_BROKER_TRANSPORT_OPTIONS)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "BROKER_URL"}
+    env |= {"DJANGO_SETTINGS_MODULE": "scheduler_site.settings", "REDIS_URL": "redis://127.0.0.1:6379/4"}
+
+    def shown(**extra: str) -> list[str]:
+        command = [sys.executable, "-c", show]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env | extra)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert shown() == ["redis://127.0.0.1:6379/4", "True", "None", "True"]
+    amqp = "amqp://u:p@rabbit:5672/v"
+    assert shown(BROKER_URL=amqp) == [amqp, "False", "9", "False"]
+
+
 def test_the_wsgi_module_freezes_what_loading_left() -> None:
     # Out of the collector's sight, a full collection no longer pauses a request for 60-120 ms.
     done = subprocess.run(

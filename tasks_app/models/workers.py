@@ -21,6 +21,10 @@ class Worker(models.Model):
     # Message ids ("<run>.<n>") the worker was executing at its last heartbeat; None
     # when it does not say (then recovery judges its runs by its heartbeat alone).
     executing = models.JSONField(null=True, blank=True, default=None)
+    # Message ids the worker had received and not yet finished at its last heartbeat (those it
+    # executes, and those it holds for its next free process); None when it does not say. The
+    # lost-message sweep (recovery.py) counts them as found, on any broker.
+    held = models.JSONField(null=True, blank=True, default=None)
     # Names of the handlers registered in the worker: it can run only tasks of these.
     handlers = models.JSONField(default=list, blank=True)
 
