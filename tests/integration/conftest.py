@@ -44,12 +44,13 @@ class Process:
         *,
         command: list[str] = CELERY,
         append: bool = False,
+        cwd: Path = ROOT,
     ) -> None:
-        self.name, self.args, self.env, self.log, self.command = name, args, env, log, command
+        self.name, self.args, self.env, self.log, self.command, self.cwd = name, args, env, log, command, cwd
         self._file = log.open("ab" if append else "wb")
         self.popen = subprocess.Popen(
             [*command, *args],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=self._file,
             stderr=subprocess.STDOUT,
@@ -92,7 +93,7 @@ def restart(platform: dict[str, Process], name: str, *, kill: bool = True) -> Pr
     else:
         old.stop()
     mark = len(old.output())
-    new = Process(old.name, old.args, old.env, old.log, command=old.command, append=True)
+    new = Process(old.name, old.args, old.env, old.log, command=old.command, append=True, cwd=old.cwd)
     platform[name] = new
     ready = READY[old.args[0]]
 

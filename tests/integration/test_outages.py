@@ -1,6 +1,7 @@
 """Faults in the platform's own services and processes, injected into servers started for
-these tests alone: a MariaDB and a Redis of their own, with web, worker and beat processes
-pointed at them, so stopping or flushing them touches nothing else. Runs are counted by the
+these tests alone: a MariaDB and a Redis of their own, and a RabbitMQ where that is the broker
+(each test runs on both brokers, but for Redis's own faults), with web, worker and beat
+processes pointed at them, so stopping or flushing them touches nothing else. Runs are counted by the
 handler `tests.record`, which writes one row under each run's id: a run executed twice
 shows `times` = 2. Each test reports what it injected and what it counted in the run's output.
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kombu
 import MySQLdb
 import pytest
 import redis
@@ -44,9 +46,12 @@ def free_port() -> int:
 
 
 def program(name: str) -> str:
-    path = shutil.which(
-        name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
-    )
+    # Debian's rabbitmq-server in /usr/sbin runs the broker as its own user, in its own
+    # directories; the script beside rabbitmqctl runs it as this one.
+    places = [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/usr/lib/rabbitmq/bin"]
+    if name == "rabbitmq-server":
+        places.insert(0, "/usr/lib/rabbitmq/bin")
+    path = shutil.which(name, path=os.pathsep.join(places))
     if path is None:
         pytest.fail(f"{name} is not installed: these tests start a server of their own")
     return path
@@ -69,13 +74,16 @@ class Server:
     def answers(self) -> bool:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
     def start(self) -> None:
         self.starts += 1
         name = f"{self.executable}-{self.starts}"
         self.process = Process(
             name,
             self.arguments(),
-            dict(os.environ),
+            self.environment(),
             self.root / f"{name}.log",
             command=[program(self.executable)],
         )
@@ -145,6 +153,52 @@ class Redis(Server):
             return False
 
 
+class RabbitMQ(Server):
+    """A node of its own (name, ports, database, logs under `root`). Its queues are durable and
+    its messages persistent: a restart keeps them."""
+
+    executable = "rabbitmq-server"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.home = root / "rabbitmq"
+        self.home.mkdir()
+        (self.home / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        (self.home / "env.conf").write_text("")
+        self.dist_port = free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def arguments(self) -> list[str]:
+        return []
+
+    def environment(self) -> dict[str, str]:
+        home = self.home
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": f"outages-{self.port}@localhost",
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONF_ENV_FILE": str(home / "env.conf"),  # not the machine's node's
+            "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+            "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(home / "log"),
+            "RABBITMQ_PID_FILE": str(home / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "plugins"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    def answers(self) -> bool:
+        try:
+            with kombu.Connection(self.url, connect_timeout=1) as connection:
+                connection.connect()
+        except OSError:
+            return False
+        return True
+
+    def queued(self, queue: str) -> int:
+        with kombu.Connection(self.url) as connection:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+
+
 @dataclass
 class Platform:
     """Web, beat and workers against the servers above; `api()` speaks to it as a client would."""
@@ -152,6 +206,7 @@ class Platform:
     root: Path
     mariadb: MariaDB
     redis: Redis
+    rabbitmq: RabbitMQ | None  # the broker, where not Redis
     env: dict[str, str]
     url: str
     token: str = ""
@@ -200,6 +255,13 @@ class Platform:
         assert status == 201, body
         return [run["id"] for run in body]
 
+    def queued(self, queue: str) -> int:
+        """Messages waiting in `queue`, as its broker counts them."""
+        if self.rabbitmq is not None:
+            return self.rabbitmq.queued(queue)
+        keys = self.redis.client.scan_iter(f"{settings.BROKER_KEY_PREFIX}{queue}*")
+        return sum(self.redis.client.llen(key) for key in keys if self.redis.client.type(key) == b"list")
+
     def count(self, ids: list[int]) -> dict[str, Any]:
         """What became of the runs `ids`: states, and executions as the handler's rows show them."""
         marks = ", ".join(["%s"] * len(ids))
@@ -233,22 +295,28 @@ class Platform:
         return unfinished == 0
 
 
-@pytest.fixture(scope="module")
-def isolated(tmp_path_factory: Any) -> Iterator[Platform]:
-    root = tmp_path_factory.mktemp("isolated")
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def isolated(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator[Platform]:
+    """The platform on servers of its own, its broker Redis or RabbitMQ (Redis keeps the locks)."""
+    root = tmp_path_factory.mktemp(f"isolated-{request.param}")
     mariadb, redis_server, web_port = MariaDB(root), Redis(root), free_port()
+    rabbitmq = RabbitMQ(root) if request.param == "rabbitmq" else None
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
     env = {
         **process_env(),
         "DATABASE_URL": f"mysql://root@127.0.0.1:{mariadb.port}/platform",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
+        "REDIS_URL": redis_url,
+        "BROKER_URL": rabbitmq.url if rabbitmq else redis_url,
         "SUBMIT_THROTTLE_RATE": "100000/min",
         "RUN_MAX_DELIVERIES": "3",
     }
-    platform = Platform(root, mariadb, redis_server, env, f"http://127.0.0.1:{web_port}")
+    platform = Platform(root, mariadb, redis_server, rabbitmq, env, f"http://127.0.0.1:{web_port}")
     try:
         mariadb.start()
         mariadb.query("CREATE DATABASE platform", database=None)
         redis_server.start()
+        if rabbitmq:
+            rabbitmq.start()
         manage = [sys.executable, "manage.py"]
         subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         out = subprocess.run(
@@ -270,6 +338,8 @@ def isolated(tmp_path_factory: Any) -> Iterator[Platform]:
         for process in platform.processes:
             process.stop()
         redis_server.stop()
+        if rabbitmq:
+            rabbitmq.stop()
         mariadb.stop()
         for process in platform.processes:
             sys.stderr.write(f"\n--- {process.name} log (tail) ---\n{process.output()[-3000:]}\n")
@@ -281,11 +351,6 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
-
-
-def _queued(client: redis.Redis, queue: str) -> int:
-    keys = client.scan_iter(f"{settings.BROKER_KEY_PREFIX}{queue}*")
-    return sum(client.llen(key) for key in keys if client.type(key) == b"list")
 
 
 def _counted(injected: str, counts: dict[str, Any], **more: Any) -> str:
@@ -386,10 +451,11 @@ def _under_way(platform: Platform, name: str, count: int) -> list[int]:
     return ids
 
 
+@pytest.mark.parametrize("isolated", ["redis"], indirect=True)  # Redis as the broker
 def test_redis_flush_with_runs_pending_loses_none(isolated: Platform, report: Callable[[str], None]) -> None:
     ids = _under_way(isolated, "flushed", 60)
 
-    queued = _queued(isolated.redis.client, "flushed")
+    queued = isolated.queued("flushed")
     isolated.redis.client.flushall()  # every queued message, the unacknowledged ones, kombu's bindings
 
     wait_until(lambda: isolated.finished(ids), timeout=90, what="every run to finish")
@@ -399,12 +465,13 @@ def test_redis_flush_with_runs_pending_loses_none(isolated: Platform, report: Ca
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (60, 0, 0)
 
 
+@pytest.mark.parametrize("isolated", ["redis"], indirect=True)  # Redis as the broker
 def test_redis_restart_with_runs_queued_answers_503_meanwhile_and_loses_none(
     isolated: Platform, report: Callable[[str], None]
 ) -> None:
     ids = _under_way(isolated, "restarted", 40)
 
-    queued = _queued(isolated.redis.client, "restarted")
+    queued = isolated.queued("restarted")
     isolated.redis.stop()  # it keeps nothing on disk: it comes back empty
     refused = isolated.api("POST", "/api/v1/runs/", {"task": "restarted"})
     ready = isolated.api("GET", "/readyz")
@@ -420,6 +487,31 @@ def test_redis_restart_with_runs_queued_answers_503_meanwhile_and_loses_none(
             submit_while_down=refused[0], readyz_while_down=ready[0]))  # fmt: skip
     assert queued > 0 and refused == (503, {"detail": "The broker is unreachable; try again shortly."})
     assert ready[0] == 503 and ready[1]["broker"] != "ok"
+    assert (counts["completed"], counts["duplicated"], counts["lost"]) == (45, 0, 0)
+
+
+@pytest.mark.parametrize("isolated", ["rabbitmq"], indirect=True)
+def test_rabbitmq_restart_with_runs_queued_accepts_meanwhile_and_loses_none(
+    isolated: Platform, report: Callable[[str], None]
+) -> None:
+    assert isolated.rabbitmq is not None
+    ids = _under_way(isolated, "bounced", 40)
+
+    queued = isolated.queued("bounced")
+    isolated.rabbitmq.stop()  # a clean shutdown: durable queues, persistent messages
+    # Accepted while it is down: the run is recorded pending, and its message sent once it is back.
+    accepted = isolated.api("POST", "/api/v1/runs/", {"task": "bounced"})
+    ready = isolated.api("GET", "/readyz")
+    isolated.rabbitmq.start()
+    later = wait_until(lambda: _submitted(isolated, "bounced", 4), timeout=30, what="submissions")
+
+    everything = [*ids, accepted[1]["id"], *later]
+    wait_until(lambda: isolated.finished(everything), timeout=90, what="every run to finish")
+    counts = isolated.count(everything)
+    report(_counted(f"RabbitMQ stopped and started again with {queued} messages queued", counts,
+            submit_while_down=accepted[0], readyz_while_down=ready[0]))  # fmt: skip
+    assert queued > 0 and accepted[0] == 201
+    assert ready[0] == 503 and ready[1]["broker"] != "ok" and ready[1]["redis"] == "ok"
     assert (counts["completed"], counts["duplicated"], counts["lost"]) == (45, 0, 0)
 
 

@@ -69,3 +69,26 @@ def test_runs_on_queues_named_like_other_keys_complete_and_the_worker_stays_up(h
     assert "WRONGTYPE" not in hostile_worker.output()
     assert resend_lost_messages() == 0  # the sweep reads these queues without an error
     assert app.control.ping(destination=[worker_name()], timeout=1)
+
+
+def test_a_waiting_queue_is_served_most_urgent_first(platform: dict[str, Process], tmp_path) -> None:
+    from tasks_app import broker
+
+    task = Task.objects.create(name="ordered", handler="builtin.noop", queue="ordered")
+    priorities = [3, 9, 0, 5, 7, 1, 8, 2, 6, 4]
+    ids = {submission.submit(RunRequest(task=task, priority=p), by="tester")[0].pk: p for p in priorities}
+    # All waiting before any worker takes the queue (Redis: a list per priority; RabbitMQ: x-max-priority).
+    wait_until(lambda: broker.queue_length("ordered") == len(ids), timeout=10, what="the messages to wait")
+    worker = Process(
+        "ordered-worker",
+        ["worker", *"-l info -c 1 -n ordered@%h --without-gossip --without-mingle -Q ordered".split()],
+        process_env(),
+        tmp_path / "worker.log",
+    )
+    try:
+        done = Run.objects.filter(pk__in=ids, state=S.COMPLETED)
+        wait_until(lambda: done.count() == len(ids), timeout=60, what="the ordered runs to complete")
+    finally:
+        worker.stop()
+    served = [ids[pk] for pk in done.order_by("started_at").values_list("pk", flat=True)]
+    assert served == sorted(priorities, reverse=True)
