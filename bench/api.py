@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until, write_results
+from bench.common import REDIS_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until, write_results
 
 # The throttle still counts every run (its cost is measured); its limit is out of the way.
 ENV = platform_env("bench.api_settings", SUBMIT_THROTTLE_RATE="100000000/min")
@@ -187,7 +187,7 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-        redis.Redis.from_url(BROKER_URL).flushdb()
+        redis.Redis.from_url(REDIS_URL).flushdb()
 
     def at(endpoint: str, clients: int) -> dict[str, Any]:
         return next(r for r in results[endpoint] if r["clients"] == clients)

@@ -1,6 +1,7 @@
 """Stock Celery apps the benchmarks compare against (same broker, same no-op work).
 
-BENCH_MODE=plain: no result backend; each task bumps a Redis counter so completion can be seen.
+BENCH_MODE=plain: no result backend; each task bumps a Redis counter (BENCH_REDIS_URL) so
+completion can be seen.
 BENCH_MODE=results: django-celery-results stores every result in the benchmark database.
 """
 
@@ -33,7 +34,7 @@ if MODE == "results":
 else:
     app.conf.task_ignore_result = True
 
-_counter = redis.Redis.from_url(BROKER_URL) if MODE == "plain" else None
+_counter = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]) if MODE == "plain" else None
 
 
 @app.task(name="bench.noop")

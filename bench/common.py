@@ -14,12 +14,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DB_URL = os.environ.get("BENCH_DATABASE_URL", "mysql://root@127.0.0.1:3306/bench_scheduler")
-BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+# The broker of every side of a benchmark: Redis by default, or RabbitMQ
+# (BENCH_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//; bench/e2e.py). Redis keeps the locks.
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", REDIS_URL)
+BROKER_IS_REDIS = BROKER_URL.startswith(("redis://", "rediss://"))
 
 
 # The platform's broker keys are under this prefix (scheduler_site/settings.py BROKER_KEY_PREFIX);
 # a client that pings its workers must use it too. Stock Celery's keys have none.
-PLATFORM_BROKER_OPTIONS = {"global_keyprefix": "broker:"}
+PLATFORM_BROKER_OPTIONS = {"global_keyprefix": "broker:"} if BROKER_IS_REDIS else {}
 
 
 def probe(platform: bool) -> Any:
@@ -29,12 +33,33 @@ def probe(platform: bool) -> Any:
     return Celery(broker=BROKER_URL, broker_transport_options=PLATFORM_BROKER_OPTIONS if platform else {})
 
 
+def empty_broker(queues: tuple[str, ...] = ("default", "celery")) -> None:
+    """Empty the benchmark's Redis database and, on RabbitMQ, the queues both sides use."""
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    if BROKER_IS_REDIS:
+        return
+    import kombu
+    from amqp.exceptions import NotFound
+
+    with kombu.Connection(BROKER_URL) as connection:
+        for queue in queues:
+            channel = connection.channel()  # one each: RabbitMQ closes it on an unknown queue
+            try:
+                channel.queue_purge(queue)
+            except NotFound:
+                continue
+            channel.close()
+
+
 def platform_env(settings_module: str = "scheduler_site.settings", **extra: str) -> dict[str, str]:
     """The environment of a process running the platform against the benchmark's database and Redis."""
     return {
         **os.environ,
         "DATABASE_URL": DB_URL,
-        "REDIS_URL": BROKER_URL,
+        "REDIS_URL": REDIS_URL,
+        "BROKER_URL": BROKER_URL,
         "DJANGO_SETTINGS_MODULE": settings_module,
         "PYTHONPATH": str(ROOT),
         **extra,

@@ -1,6 +1,8 @@
 """End to end: submit N no-op runs, time submit-to-all-completed, beside stock Celery.
 
-Three scenarios in the same run, each with a prefork worker of 2 on the same Redis:
+Three scenarios in the same run, each with a prefork worker of 2 on the same broker (Redis, or
+RabbitMQ with BENCH_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//; Redis keeps the platform's
+locks and the plain side's counter either way):
   plain    stock Celery, no result backend (each task bumps a Redis counter to be seen done)
   results  stock Celery storing results with django-celery-results in the same MariaDB
   platform this project: runs submitted in bulk (as POST /runs/bulk/ does), each with its
@@ -9,7 +11,8 @@ Rounds alternate the scenarios; the median round counts. Figures go to bench/res
 
     .venv/bin/python bench/e2e.py [--runs 5000] [--rounds 2]
 
-Needs MariaDB and Redis as for the tests (BENCH_DATABASE_URL, BENCH_BROKER_URL override).
+Needs MariaDB and Redis as for the tests (BENCH_DATABASE_URL, BENCH_REDIS_URL, BENCH_BROKER_URL
+override).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     BROKER_URL,
     DB_URL,
+    REDIS_URL,
     RESULTS,
     ROOT,
     cpu_seconds,
+    empty_broker,
     ensure_database,
     stop_worker,
     wait_until,
@@ -49,11 +54,15 @@ def env_for(scenario: str) -> dict[str, str]:
         **os.environ,
         "BENCH_DATABASE_URL": DB_URL,
         "BENCH_BROKER_URL": BROKER_URL,
+        "BENCH_REDIS_URL": REDIS_URL,
         "PYTHONPATH": str(ROOT),
     }
     if scenario == "platform":
         env.update(
-            DATABASE_URL=DB_URL, REDIS_URL=BROKER_URL, DJANGO_SETTINGS_MODULE="scheduler_site.settings"
+            DATABASE_URL=DB_URL,
+            REDIS_URL=REDIS_URL,
+            BROKER_URL=BROKER_URL,
+            DJANGO_SETTINGS_MODULE="scheduler_site.settings",
         )
     else:
         env["BENCH_MODE"] = scenario
@@ -90,9 +99,7 @@ def start_worker(scenario: str) -> subprocess.Popen[bytes]:
 
 
 def run_scenario(scenario: str, runs: int) -> dict[str, Any]:
-    import redis
-
-    redis.Redis.from_url(BROKER_URL).flushdb()
+    empty_broker()
     worker = start_worker(scenario)
     try:
         probe = bench_probe(scenario == "platform")
@@ -154,7 +161,8 @@ def main() -> None:
             }
             for name in SCENARIOS
         },
-        "worker": "prefork, concurrency 2; same Redis broker and MariaDB",
+        "broker": BROKER_URL.partition("://")[0],
+        "worker": "prefork, concurrency 2; the same broker and MariaDB on every side",
     }
     write_results(args.out, summary, {k: v for k, v in summary.items() if k != "rounds"})
 
@@ -167,7 +175,7 @@ def submit_plain(runs: int) -> dict[str, Any]:
 
     from bench.baseline_app import COUNTER, app
 
-    counter = redis.Redis.from_url(BROKER_URL)
+    counter = redis.Redis.from_url(REDIS_URL)
     counter.delete(COUNTER)
     start = time.perf_counter()
     for i in range(runs):

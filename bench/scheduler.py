@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, write_results
+from bench.common import REDIS_URL, RESULTS, ROOT, ensure_database, platform_env, write_results
 
 FIRE_WINDOW = float(os.environ.get("BENCH_FIRE_WINDOW", "15"))
 BURST = 10_000
@@ -110,7 +110,7 @@ def platform(size: int) -> dict[str, Any]:
 
     from tasks_app.models import Run, Schedule
 
-    broker = redis.Redis.from_url(BROKER_URL)
+    broker = redis.Redis.from_url(REDIS_URL)
     task = _reset(size)
     later = timezone.now() + dt.timedelta(days=1)
     Schedule.objects.bulk_create(
@@ -243,7 +243,7 @@ def stock(size: int) -> dict[str, Any]:
 
     from scheduler_site.celery import app
 
-    broker = redis.Redis.from_url(BROKER_URL)
+    broker = redis.Redis.from_url(REDIS_URL)
     _reset(size)
     every_minute = CrontabSchedule.objects.create(minute="*", hour="*", timezone="UTC")
     # Last run two minutes ago: every entry is due as soon as the scheduler has loaded.

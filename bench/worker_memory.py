@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, DB_URL, RESULTS, ROOT, stop_worker, wait_until, write_results
+from bench.common import DB_URL, REDIS_URL, RESULTS, ROOT, stop_worker, wait_until, write_results
 from bench.common import probe as bench_probe
 from bench.e2e import CONCURRENCY, LOGLEVEL, env_for, prepare
 
@@ -50,7 +50,7 @@ def _record_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
     import redis
 
     thread_id = connection.connection.thread_id()  # MySQLdb's name for CONNECTION_ID()
-    redis.Redis.from_url(BROKER_URL).sadd(CONNECTIONS_KEY, f"{os.getpid()}:{thread_id}")
+    redis.Redis.from_url(REDIS_URL).sadd(CONNECTIONS_KEY, f"{os.getpid()}:{thread_id}")
 
 
 if os.environ.get(COUNT_CONNECTIONS) and __name__ == PROBE:
@@ -141,7 +141,7 @@ def start_worker(scenario: str, log: Path) -> subprocess.Popen[bytes]:
 def run_scenario(scenario: str, args: argparse.Namespace, cursor: Any) -> dict[str, Any]:
     import redis
 
-    broker = redis.Redis.from_url(BROKER_URL)
+    broker = redis.Redis.from_url(REDIS_URL)
     broker.flushdb()
     runs = args.results_runs if scenario == "results" else args.runs
     before = global_connections(cursor)
@@ -274,7 +274,7 @@ def plain_side() -> tuple[Any, Any]:
 
     from bench.baseline_app import COUNTER, app
 
-    counter = redis.Redis.from_url(BROKER_URL)
+    counter = redis.Redis.from_url(REDIS_URL)
     counter.delete(COUNTER)
 
     def submit(first: int, count: int) -> None:

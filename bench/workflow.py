@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BROKER_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until, write_results
+from bench.common import REDIS_URL, RESULTS, ROOT, ensure_database, platform_env, wait_until, write_results
 from bench.common import probe as bench_probe
 
 STEPS = 200
@@ -72,7 +72,7 @@ def main() -> None:
     from tasks_app.models.workflows import check_steps
     from tasks_app.submission import RunRequest
 
-    redis.Redis.from_url(BROKER_URL).flushdb()
+    redis.Redis.from_url(REDIS_URL).flushdb()
     task, _ = Task.objects.get_or_create(name="bench-noop", defaults={"handler": "builtin.noop"})
     steps = check_steps(dag_steps(), {"bench-noop"})
     workflow, _ = Workflow.objects.update_or_create(name="bench-dag", defaults={"steps": steps})
