@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from amqp.exceptions import NotFound
@@ -106,19 +107,25 @@ def _send(app: Any, producer: Any, run: Run) -> None:
 LENGTH_TIMEOUT = 1.0
 
 
-def ping() -> None:
-    """Raise unless the broker takes a connection within LENGTH_TIMEOUT."""
+@contextmanager
+def _answering() -> Iterator[Any]:
+    """A connection to the broker, made within LENGTH_TIMEOUT or raising."""
     timeouts = {"socket_timeout": LENGTH_TIMEOUT, "socket_connect_timeout": LENGTH_TIMEOUT}
     with current_app.connection_for_read(transport_options=timeouts) as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+        yield connection
+
+
+def ping() -> None:
+    """Raise unless the broker takes a connection within LENGTH_TIMEOUT."""
+    with _answering():
+        pass
 
 
 def queue_length(queue: str) -> int:
     """Messages waiting in `queue`, every priority counted, as the broker reports them; raises
     if it does not answer within LENGTH_TIMEOUT."""
-    timeouts = {"socket_timeout": LENGTH_TIMEOUT, "socket_connect_timeout": LENGTH_TIMEOUT}
-    with current_app.connection_for_read(transport_options=timeouts) as connection:
-        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+    with _answering() as connection:
         channel = connection.default_channel
         if settings.BROKER_IS_REDIS:
             # Not passive: kombu's Redis transport checks a passive declare against unprefixed
