@@ -48,7 +48,7 @@ def free_port() -> int:
 def program(name: str) -> str:
     # Debian's rabbitmq-server in /usr/sbin runs the broker as its own user, in its own
     # directories; the script beside rabbitmqctl runs it as this one.
-    places = [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/usr/lib/rabbitmq/bin"]
+    places = [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"]
     if name == "rabbitmq-server":
         places.insert(0, "/usr/lib/rabbitmq/bin")
     path = shutil.which(name, path=os.pathsep.join(places))
