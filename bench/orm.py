@@ -9,6 +9,8 @@ replaces, interleaved in one process on the same MariaDB and Redis:
   insert_500    lifecycle._insert() of 500 runs vs Run.objects.bulk_create() (a bulk, a burst
                 of fires); per run. (For one run, a submit's, it gained nothing over save():
                 1 row costs the database more than the compiling.)
+  publish_1000  broker.publish() of 1,000 runs (Celery's task message put through the producer)
+                vs the same messages through app.send_task(), pipelined alike; per message
 
 Each figure is microseconds per call (median of ROUNDS rounds of CALLS calls), and the ratio
 ORM / shortcut. Figures go to bench/results/orm.json.
@@ -108,11 +110,50 @@ def main() -> None:
             insert(batch)
         return (time.perf_counter() - started) / (500 * len(batches)) * 1e6
 
+    from celery import current_app
+
+    from tasks_app import broker, run_loader
+
+    published = Run.objects.bulk_create(unsaved(1000))
+    for each in published:
+        each.task = task
+
+    def send_task_1000(runs: list[Run]) -> None:
+        app = current_app
+        with app.producer_or_acquire() as producer, producer.batch(max_size=broker.BATCH):
+            for each in runs:
+                soft, hard = broker.time_limits(each.task)
+                names = {"run_id": each.pk, "message_number": each.message_number}
+                app.send_task(
+                    each.task.handler,
+                    kwargs={**names, **run_loader.carried(each)},
+                    kwargsrepr=repr(names),
+                    task_id=each.message_id,
+                    shadow=each.task.name,
+                    queue=each.task.queue,
+                    priority=broker.message_priority(each.priority),
+                    soft_time_limit=soft,
+                    time_limit=hard,
+                    producer=producer,
+                )
+
+    def publish_1000(publish: Callable[[list[Run]], object]) -> float:
+        started = time.perf_counter()
+        publish(published)
+        elapsed = time.perf_counter() - started
+        broker_redis.flushdb()
+        return elapsed / len(published) * 1e6
+
+    import redis
+
+    broker_redis = redis.Redis.from_url(os.environ["BROKER_URL"])
+
     figures: dict[str, dict[str, list[float]]] = {
         "move_update": {"shortcut_us": [], "orm_us": []},
         "load_run": {"shortcut_us": [], "orm_us": []},
         "throttle": {"shortcut_us": [], "orm_us": []},
         "insert_500": {"shortcut_us": [], "orm_us": []},
+        "publish_1000": {"shortcut_us": [], "orm_us": []},
     }
     for _round in range(args.rounds):
         # An even number of calls each: the run ends every round where it started.
@@ -126,6 +167,8 @@ def main() -> None:
         figures["throttle"]["orm_us"].append(per_call_us(cache_count, args.calls))
         figures["insert_500"]["shortcut_us"].append(insert_500(lifecycle._insert, args.calls))
         figures["insert_500"]["orm_us"].append(insert_500(Run.objects.bulk_create, args.calls))
+        figures["publish_1000"]["shortcut_us"].append(publish_1000(broker.publish))
+        figures["publish_1000"]["orm_us"].append(publish_1000(send_task_1000))
     Run.objects.filter(task=task).delete()
     cache.delete_many(["bench:throttle:now", "bench:throttle:before"])
     shown = {}

@@ -40,10 +40,18 @@ def publish(runs: Iterable[Run]) -> int:
     if not runs:
         return sent
     app = current_app
+    queues: dict[str, Any] = {}  # declared on this producer's channel
+    conf = app.conf  # read once: each of Celery's setting lookups costs some 20 us
+    options = {
+        "serializer": conf.task_serializer,
+        "delivery_mode": conf.task_default_delivery_mode,
+        "retry": conf.task_publish_retry,
+        "retry_policy": conf.task_publish_retry_policy,
+    }
     try:
         with app.producer_or_acquire() as producer:
             if len(runs) == 1:  # a pipeline pays off only for several
-                _send(app, producer, runs[0])
+                _send(app, producer, options, queues, runs[0])
                 sent = 1
             else:
                 for first in range(0, len(runs), BATCH):
@@ -51,7 +59,7 @@ def publish(runs: Iterable[Run]) -> int:
                     # kombu's batch pipelines the LPUSHes: one Redis round trip per group.
                     with producer.batch(max_size=BATCH):
                         for run in group:
-                            _send(app, producer, run)
+                            _send(app, producer, options, queues, run)
                     sent += len(group)
     except Exception:
         unsent = [run.pk for run in runs[sent:]]
@@ -84,21 +92,39 @@ def message_priority(priority: int) -> int:
     return PRIORITY_MAX - priority if settings.BROKER_IS_REDIS else priority
 
 
-def _send(app: Any, producer: Any, run: Run) -> None:
+def _send(app: Any, producer: Any, options: dict[str, Any], queues: dict[str, Any], run: Run) -> None:
+    """Publish `run`'s message: Celery's own task message (app.amqp.create_task_message), put
+    on its queue as app.send_task() would, through the producer directly. send_task() also
+    routes, merges options and sends the publish signals (which nothing here listens to) for
+    every message: half the cost of a bulk's 1,000 (bench/orm.py `publish_1000`: 2026-12-06,
+    0.13 ms a message here against 0.26 ms through send_task()). tests/test_broker.py holds
+    the two messages equal."""
     task = run.task
+    queue = queues.get(task.queue)
+    if queue is None:  # declared once a producer: on RabbitMQ an undeclared queue drops messages
+        queue = queues[task.queue] = app.amqp.queues[task.queue]
+        producer.maybe_declare(queue, retry=options["retry"])
     soft, hard = time_limits(task)
     names = {"run_id": run.pk, "message_number": run.message_number}
-    app.send_task(
+    headers, properties, body, _sent_event = app.amqp.create_task_message(
+        run.message_id,
         task.handler,
-        kwargs={**names, **run_loader.carried(run)},
+        (),
+        {**names, **run_loader.carried(run)},
         kwargsrepr=repr(names),  # what Flower and logs show: the run, not its inputs again
-        task_id=run.message_id,
         shadow=task.name,  # the name the worker log, Flower and `celery inspect` show
-        queue=task.queue,
-        priority=message_priority(run.priority),
         soft_time_limit=soft,
         time_limit=hard,
-        producer=producer,
+        ignore_result=None,  # the task's own setting stands (send_task()'s default)
+    )
+    producer.publish(
+        body,
+        exchange="",  # the default exchange: routed by the queue's name, as send_task() does
+        routing_key=queue.name,
+        headers=headers,
+        priority=message_priority(run.priority),
+        **options,
+        **properties,
     )
 
 

@@ -363,6 +363,43 @@ def test_message_names_the_task_and_the_run(
     assert message["headers"]["kwargsrepr"] == repr({"run_id": run.pk, "message_number": 1})
 
 
+@time_machine.travel(NOW, tick=False)  # the carried inputs' signature is timestamped
+def test_a_run_message_is_the_one_celery_send_task_would_publish(make_task, make_run, broker) -> None:
+    from celery import current_app
+
+    from tasks_app import broker as platform_broker
+    from tasks_app import run_loader
+    from tests.conftest import queued_messages
+
+    task = make_task(name="nightly-report", queue="reports", soft_time_limit=30, time_limit=60)
+    run = make_run(task, S.PENDING, priority=7, kwargs={"day": "monday"})
+    platform_broker.publish([run])
+    (ours,) = queued_messages(broker, "reports")
+    broker.flushdb()
+    names = {"run_id": run.pk, "message_number": run.message_number}
+    current_app.send_task(
+        task.handler,
+        kwargs={**names, **run_loader.carried(run)},
+        kwargsrepr=repr(names),
+        task_id=run.message_id,
+        shadow=task.name,
+        queue=task.queue,
+        priority=platform_broker.message_priority(run.priority),
+        soft_time_limit=30,
+        time_limit=60,
+    )
+    (celerys,) = queued_messages(broker, "reports")
+
+    # Only what is unique to every message, and what send_task() adds for result backends
+    # (reply_to) or copies from its options (kwargsrepr, already in the headers) differs.
+    for message in (ours, celerys):
+        for key in ("delivery_tag", "reply_to", "kwargsrepr"):
+            message["properties"].pop(key, None)
+    assert ours == celerys
+    assert ours["headers"]["timelimit"] == [60, 30]
+    assert ours["properties"]["priority"] == platform_broker.message_priority(7)
+
+
 # --- a message that carries its run ----------------------------------------------------
 
 
